@@ -1,0 +1,158 @@
+"""Structured logging: JSON lines by default, console on a TTY, secrets always masked.
+
+Both structlog loggers and the standard library's (asyncssh, waitress,
+apscheduler) end in the same handler, so the redaction applies to every line
+the process writes, including tracebacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from breakglass.config import LogSettings
+
+REDACTED = "[redacted]"
+
+# Key names whose values are secrets whatever they hold. "input_tokens" or
+# "token_file" are not secrets: the name must END in the secret word.
+_SECRET_KEY = re.compile(
+    r"(?:^|[_\-.])(?:api[_\-]?key|x[_\-]api[_\-]key|token|access[_\-]?token|password|passwd|"
+    r"secret|secret[_\-]?key|authorization|private[_\-]?key|cookie|session[_\-]?id)$",
+    re.IGNORECASE,
+)
+
+# Values that look like key material, masked wherever they appear in a string.
+_SECRET_VALUES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(
+            r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)",
+            re.DOTALL,
+        ),
+        "[redacted private key]",
+    ),
+    # Authorization header values; the scheme stays so the line still reads.
+    (re.compile(r"\b([Bb]earer)\s+[A-Za-z0-9._~+/=\-]+"), r"\1 " + REDACTED),
+    (re.compile(r"\b(Basic)\s+[A-Za-z0-9+/=]{8,}"), r"\1 " + REDACTED),
+    (re.compile(r"sk-ant-[A-Za-z0-9_\-]+"), "sk-ant-" + REDACTED),
+)
+
+_HANDLER_NAME = "breakglass"
+# Libraries whose INFO lines are one per connection or per request: too chatty.
+_QUIET_LIBRARIES = ("asyncssh", "apscheduler", "waitress", "urllib3", "httpx", "anthropic")
+
+
+def redact_text(text: str) -> str:
+    """Mask key material, API keys and bearer tokens inside a string."""
+    for pattern, replacement in _SECRET_VALUES:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def redact_value(value: Any) -> Any:
+    """Return ``value`` with secret-named keys and secret-looking strings masked, recursively."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {
+            k: REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) else redact_value(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact_value(v) for v in value]
+    if isinstance(value, bytes):
+        return redact_text(value.decode("utf-8", errors="replace"))
+    return value
+
+
+def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: mask secrets in every key and value of the event."""
+    return redact_value(event_dict)  # type: ignore[no-any-return]
+
+
+def _renderer(settings: LogSettings, stream: TextIO) -> Processor:
+    fmt = settings.format
+    if fmt == "auto":
+        isatty = getattr(stream, "isatty", None)
+        fmt = "console" if isatty is not None and isatty() else "json"
+    if fmt == "console":
+        return structlog.dev.ConsoleRenderer(colors=False)
+    return structlog.processors.JSONRenderer()
+
+
+def configure_logging(settings: LogSettings, *, stream: TextIO = sys.stderr) -> None:
+    """Send every log line (structlog and stdlib) to ``stream``, rendered and redacted."""
+    level = getattr(logging, settings.level.upper())
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        # Tracebacks become text before redaction, so secrets in them are masked too.
+        structlog.processors.format_exc_info,
+    ]
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            redact_secrets,
+            _renderer(settings, stream),
+        ],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    # Calling this twice (tests, serve after check) replaces our handler, never stacks it.
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in _QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+def _route_through_stdlib_until_configured() -> None:
+    """Before configure_logging, log through stdlib (WARNING+ to stderr), redacted.
+
+    structlog's own default prints every level to stdout, which would mix debug
+    lines into the JSON a CLI command prints there.
+    """
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.stdlib.add_log_level,
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
+
+if not structlog.is_configured():
+    _route_through_stdlib_until_configured()
+
+
+def get_logger(name: str | None = None) -> Any:
+    """Return a structlog logger bound to ``name`` (usually ``__name__``)."""
+    return structlog.stdlib.get_logger(name)

@@ -1,0 +1,435 @@
+"""The SSH seam: every byte to a guest or a Proxmox host goes through here.
+
+``DevvmShell`` runs commands in the guest; ``PveClient`` sends one of six bare
+verbs to the Proxmox host's forced command and nothing else. Both pin host
+keys from the configured known_hosts file (checking is never disabled), bound
+the connection by a connect timeout, bound every command by a command timeout
+(a hung command becomes a timed-out result and its connection is closed) and
+cap the output they keep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import asyncssh
+
+from breakglass.config import SshEndpoint
+
+DEFAULT_OUTPUT_CAP = 65536
+_READ_CHUNK = 16384
+
+
+class Verb(StrEnum):
+    """The only commands the Proxmox host's forced command accepts."""
+
+    STATUS = "status"
+    FORENSICS = "forensics"
+    RESET = "reset"
+    STOP = "stop"
+    START = "start"
+    CYCLE = "cycle"
+
+
+POWER_VERBS: frozenset[Verb] = frozenset({Verb.RESET, Verb.STOP, Verb.START, Verb.CYCLE})
+
+# Whether retrying can help is decided where the error is raised.
+_PERMANENT_KINDS = frozenset({"host_key", "auth"})
+
+
+class RemoteError(Exception):
+    """An SSH connection, login or output problem; ``permanent`` says retrying will not help."""
+
+    def __init__(self, message: str, *, kind: str, permanent: bool | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.permanent = kind in _PERMANENT_KINDS if permanent is None else permanent
+
+    @property
+    def short(self) -> str:
+        """A few words fit for a table cell or a reading: 'refused', 'timeout', ..."""
+        if self.kind in ("refused", "timeout"):
+            return self.kind
+        return f"{self.kind}: {self}"
+
+
+class HostKeyError(RemoteError):
+    """The server's host key is unknown or is not the pinned one."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="host_key", permanent=True)
+
+    @property
+    def short(self) -> str:
+        """The whole message: it says which host and what is wrong with its key."""
+        return f"host key mismatch: {self}"
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What one command did: exit status (None when timed out) and capped output."""
+
+    command: str
+    exit_status: int | None
+    stdout: str
+    stderr: str
+    duration_seconds: float
+    timed_out: bool = False
+    truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when the command finished in time with exit status 0."""
+        return self.exit_status == 0 and not self.timed_out
+
+
+def truncation_marker(dropped: int) -> str:
+    """The line appended to output that was cut at the cap."""
+    return f"\n[... output truncated: {dropped} bytes dropped ...]"
+
+
+class _CappedBuffer:
+    """Keeps the first ``cap`` bytes of a stream and counts the rest."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.kept = bytearray()
+        self.dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        room = self.cap - len(self.kept)
+        if room > 0:
+            self.kept += chunk[:room]
+        self.dropped += max(0, len(chunk) - max(room, 0))
+
+    def text(self) -> str:
+        # A multibyte character cut at the cap decodes to U+FFFD rather than failing.
+        out = self.kept.decode("utf-8", errors="replace")
+        return out + truncation_marker(self.dropped) if self.dropped else out
+
+
+def cap_output(data: bytes, cap: int) -> tuple[str, bool]:
+    """Return ``data`` decoded and cut to ``cap`` bytes with a marker, and whether it was cut."""
+    buf = _CappedBuffer(cap)
+    buf.add(data)
+    return buf.text(), buf.dropped > 0
+
+
+def _endpoint_label(ep: SshEndpoint) -> str:
+    return f"{ep.user}@{ep.host}:{ep.port}"
+
+
+def _host_key_error(ep: SshEndpoint, exc: Exception) -> HostKeyError:
+    """Say whether the key is unknown (nothing pinned) or changed (not the pinned key)."""
+    try:
+        trusted, *_ = asyncssh.match_known_hosts(str(ep.known_hosts), ep.host, ep.host, ep.port)
+    except (OSError, ValueError):
+        trusted = []
+    where = f"{ep.host} port {ep.port}"
+    if trusted:
+        msg = (
+            f"host key of {where} is not the pinned key in {ep.known_hosts} "
+            "(the host key changed); refusing to connect"
+        )
+    else:
+        msg = (
+            f"host key of {where} is unknown: no key pinned for it in {ep.known_hosts}; "
+            "refusing to connect"
+        )
+    return HostKeyError(f"{msg} ({exc})")
+
+
+async def _connect(ep: SshEndpoint, connect_timeout: float) -> asyncssh.SSHClientConnection:
+    """Open an authenticated connection or raise RemoteError saying what went wrong."""
+    label = _endpoint_label(ep)
+    try:
+        # Every default that could reach outside the config is switched off:
+        # no ~/.ssh/config, no agent, no default keys, no password prompts.
+        return await asyncssh.connect(
+            ep.host,
+            port=ep.port,
+            username=ep.user,
+            known_hosts=str(ep.known_hosts),
+            client_keys=[str(ep.key_file)],
+            config=None,
+            agent_path=None,
+            agent_forwarding=False,
+            password=None,
+            kbdint_auth=False,
+            password_auth=False,
+            gss_auth=False,
+            preferred_auth="publickey",
+            connect_timeout=connect_timeout,
+            login_timeout=connect_timeout,
+        )
+    except asyncssh.HostKeyNotVerifiable as exc:
+        raise _host_key_error(ep, exc) from None
+    except asyncssh.KeyExchangeFailed as exc:
+        # A pinned key of another algorithm than the server offers fails the
+        # key exchange instead of the key check: still a changed host key.
+        if "host key" in str(exc):
+            raise _host_key_error(ep, exc) from None
+        raise RemoteError(f"{label}: key exchange failed: {exc}", kind="protocol") from None
+    except asyncssh.PermissionDenied as exc:
+        raise RemoteError(
+            f"{label}: login refused for key {ep.key_file}: {exc}", kind="auth"
+        ) from None
+    except asyncssh.KeyImportError as exc:
+        raise RemoteError(f"{label}: cannot load key {ep.key_file}: {exc}", kind="auth") from None
+    except (TimeoutError, asyncssh.ConnectionLost) as exc:
+        # A server that accepts TCP and then never speaks (or drops us) looks the same.
+        kind = "timeout" if isinstance(exc, TimeoutError) else "protocol"
+        detail = f"no SSH login within {connect_timeout:g}s" if kind == "timeout" else str(exc)
+        raise RemoteError(f"{label}: {detail}", kind=kind) from None
+    except ConnectionRefusedError:
+        raise RemoteError(f"{label}: connection refused", kind="refused") from None
+    except asyncssh.Error as exc:
+        raise RemoteError(f"{label}: SSH error: {exc}", kind="protocol") from None
+    except OSError as exc:
+        if not ep.key_file.is_file() or not ep.known_hosts.is_file():
+            raise RemoteError(
+                f"{label}: cannot read key or known_hosts: {exc}", kind="auth"
+            ) from None
+        raise RemoteError(f"{label}: unreachable: {exc}", kind="unreachable") from None
+
+
+async def _drain(stream: asyncssh.SSHReader[bytes], buf: _CappedBuffer) -> None:
+    while chunk := await stream.read(_READ_CHUNK):
+        buf.add(chunk)
+
+
+async def _run_on(
+    conn: asyncssh.SSHClientConnection, command: str, limit: float, cap: int
+) -> CommandResult:
+    """Run one command on an open connection; on timeout return what arrived so far."""
+    started = time.monotonic()
+    out, err = _CappedBuffer(cap), _CappedBuffer(cap)
+    process: asyncssh.SSHClientProcess[bytes] | None = None
+    exit_status: int | None = None
+    timed_out = False
+    try:
+        async with asyncio.timeout(limit):
+            process = await conn.create_process(command, encoding=None, stdin=asyncssh.DEVNULL)
+            await asyncio.gather(_drain(process.stdout, out), _drain(process.stderr, err))
+            completed = await process.wait()
+            exit_status = completed.exit_status
+            if exit_status is None or exit_status < 0:
+                # Killed by a signal, no exit status: use ssh(1)'s 255 rather than
+                # None, which would read as "timed out".
+                exit_status = 255
+    except TimeoutError:
+        timed_out = True
+    finally:
+        if process is not None:
+            process.close()
+    return CommandResult(
+        command=command,
+        exit_status=None if timed_out else exit_status,
+        stdout=out.text(),
+        stderr=err.text(),
+        duration_seconds=time.monotonic() - started,
+        timed_out=timed_out,
+        truncated=bool(out.dropped or err.dropped),
+    )
+
+
+class DevvmSession:
+    """Several commands over one connection; closed for good after a command times out."""
+
+    def __init__(self, conn: asyncssh.SSHClientConnection, shell: DevvmShell) -> None:
+        self._conn = conn
+        self._shell = shell
+        self._closed = False
+
+    # The per-call ``timeout`` is part of the shared interface; it is applied inside.
+    async def run(self, command: str, *, timeout: float | None = None) -> CommandResult:  # noqa: ASYNC109
+        """Run one command on this session's connection."""
+        if self._closed:
+            raise RemoteError(
+                f"{_endpoint_label(self._shell.endpoint)}: "
+                "session closed after a command timed out",
+                kind="protocol",
+            )
+        try:
+            result = await _run_on(
+                self._conn, command, timeout or self._shell.command_timeout, self._shell.output_cap
+            )
+        except asyncssh.Error as exc:
+            raise RemoteError(
+                f"{_endpoint_label(self._shell.endpoint)}: SSH error: {exc}", kind="protocol"
+            ) from None
+        if result.timed_out:
+            # A wedged guest may never answer on this connection again; drop it.
+            self._closed = True
+            self._conn.abort()
+        return result
+
+
+class DevvmShell:
+    """Runs commands on the guest as the configured user (sudo allowed by the caller's command)."""
+
+    def __init__(
+        self,
+        endpoint: SshEndpoint,
+        *,
+        connect_timeout: float,
+        command_timeout: float,
+        output_cap: int = DEFAULT_OUTPUT_CAP,
+    ) -> None:
+        self.endpoint = endpoint
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.output_cap = output_cap
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[DevvmSession]:
+        """Open one connection for several commands; it is closed on exit, whatever happens."""
+        conn = await _connect(self.endpoint, self.connect_timeout)
+        try:
+            yield DevvmSession(conn, self)
+        finally:
+            conn.abort()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.wait_closed(), self.connect_timeout)
+
+    async def run(self, command: str, *, timeout: float | None = None) -> CommandResult:  # noqa: ASYNC109
+        """Connect, run one command, disconnect; RemoteError only for connect or login problems."""
+        async with self.session() as s:
+            return await s.run(command, timeout=timeout)
+
+    async def login(self) -> float:
+        """Connect, authenticate and run ``true``; return the seconds it took."""
+        started = time.monotonic()
+        async with self.session() as s:
+            result = await s.run("true", timeout=self.connect_timeout)
+        if result.timed_out:
+            raise RemoteError(
+                f"{_endpoint_label(self.endpoint)}: logged in but `true` did not finish "
+                f"within {self.connect_timeout:g}s",
+                kind="timeout",
+            )
+        return time.monotonic() - started
+
+
+@dataclass(frozen=True)
+class PveStatus:
+    """The Proxmox host's view of the VM, parsed from the ``status`` verb's JSON."""
+
+    vm_status: str
+    qmp_ok: bool
+    qmp_status: str | None
+    guest_agent_ok: bool
+    uptime_seconds: float | None
+    raw: dict[str, Any]
+
+
+_VM_STATUSES = frozenset({"running", "stopped", "paused"})
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RemoteError(
+            f"{what}: output is not JSON ({exc}): {text[:200]!r}", kind="bad_output"
+        ) from None
+    if not isinstance(data, dict):
+        raise RemoteError(
+            f"{what}: expected a JSON object, got {type(data).__name__}", kind="bad_output"
+        )
+    return data
+
+
+def _ok_flag(data: dict[str, Any], key: str) -> bool:
+    part = data.get(key)
+    if not isinstance(part, dict) or not isinstance(part.get("ok"), bool):
+        raise RemoteError(f"status output: missing '{key}.ok' (a boolean)", kind="bad_output")
+    return part["ok"]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def parse_status(text: str) -> PveStatus:
+    """Parse the ``status`` verb's JSON; RemoteError(kind="bad_output") names what is missing."""
+    return status_from_dict(_json_object(text, "status output"))
+
+
+def status_from_dict(data: dict[str, Any]) -> PveStatus:
+    """Build a PveStatus from the already decoded ``status`` JSON object."""
+    status = data.get("status")
+    if not isinstance(status, str):
+        raise RemoteError("status output: missing 'status' (a string)", kind="bad_output")
+    qmp_ok = _ok_flag(data, "qmp")
+    agent_ok = _ok_flag(data, "guest_agent")
+    qmp_status = data["qmp"].get("status")
+    uptime = data.get("uptime_seconds")
+    return PveStatus(
+        vm_status=status if status in _VM_STATUSES else "unknown",
+        qmp_ok=qmp_ok,
+        qmp_status=qmp_status if isinstance(qmp_status, str) else None,
+        guest_agent_ok=agent_ok,
+        uptime_seconds=float(uptime) if _is_number(uptime) else None,
+        raw=data,
+    )
+
+
+class PveClient:
+    """Sends only the six verbs to the Proxmox host's forced command."""
+
+    def __init__(
+        self,
+        endpoint: SshEndpoint,
+        *,
+        connect_timeout: float,
+        command_timeout: float,
+        output_cap: int = DEFAULT_OUTPUT_CAP,
+    ) -> None:
+        self.endpoint = endpoint
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.output_cap = output_cap
+
+    async def run(self, verb: Verb) -> CommandResult:
+        """Send one verb; ValueError before connecting if ``verb`` is not a Verb member."""
+        # Only enum members pass: a str that happens to equal "status" is refused too,
+        # so no caller can smuggle free text through by accident.
+        if not isinstance(verb, Verb):
+            raise ValueError(f"not a Proxmox verb: {verb!r}; use one of {', '.join(Verb)}")
+        shell = DevvmShell(
+            self.endpoint,
+            connect_timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
+            output_cap=self.output_cap,
+        )
+        return await shell.run(verb.value)
+
+    async def _json_verb(self, verb: Verb) -> dict[str, Any]:
+        result = await self.run(verb)
+        label = f"{_endpoint_label(self.endpoint)} {verb}"
+        if result.timed_out:
+            raise RemoteError(
+                f"{label}: no answer within {self.command_timeout:g}s", kind="timeout"
+            )
+        if result.exit_status != 0:
+            raise RemoteError(
+                f"{label}: exit status {result.exit_status}: {result.stderr.strip()[:200]}",
+                kind="protocol",
+            )
+        return _json_object(result.stdout, f"{verb} output")
+
+    async def status(self) -> PveStatus:
+        """Ask the host for the VM's status."""
+        return status_from_dict(await self._json_verb(Verb.STATUS))
+
+    async def forensics(self) -> dict[str, Any]:
+        """Ask the host for the forensics snapshot (status plus config, blockstats, QMP)."""
+        return await self._json_verb(Verb.FORENSICS)
