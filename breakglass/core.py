@@ -1,0 +1,370 @@
+"""The core: scheduler, probe rounds, rules and incidents on one asyncio loop.
+
+The loop runs in its own thread (:class:`CoreThread`); the web server in the
+main thread reaches it only through :class:`CoreHandle`, which submits
+coroutines with ``run_coroutine_threadsafe`` and waits with a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from breakglass.agent.select import remediator_for
+from breakglass.config import Config, Target
+from breakglass.events import Observers, ReadingsFeed
+from breakglass.incidents.governor import Governor
+from breakglass.incidents.manager import IncidentManager, TriggerResult
+from breakglass.metrics import Metrics
+from breakglass.remote import DevvmShell, PveClient
+from breakglass.store import Store
+from breakglass.watchdog.probes import Readings, probe_target
+from breakglass.watchdog.rules import TargetState, evaluate, with_grace
+
+log = structlog.get_logger("breakglass.core")
+T = TypeVar("T")
+
+
+@dataclass
+class TargetRuntime:
+    """Per-target live state owned by the core loop."""
+
+    target: Target
+    shell: DevvmShell
+    pve: PveClient
+    rules: TargetState
+    conditions: tuple[str, ...] = ()
+    detail: dict[str, str] | None = None
+
+
+class Core:
+    """Probe, evaluate, open incidents; one instance per process."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        store: Store,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+        observers: Observers | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self.feed = ReadingsFeed()
+        self.observers = observers or Observers(
+            on_error=lambda ev, exc: log.error("observer_failed", event_name=ev, error=repr(exc))
+        )
+        self.observers.add(self._observe)
+        p = cfg.probe
+        self.targets: dict[str, TargetRuntime] = {
+            t.name: TargetRuntime(
+                target=t,
+                shell=DevvmShell(
+                    t.devvm,
+                    connect_timeout=p.connect_timeout_seconds,
+                    command_timeout=p.command_timeout_seconds,
+                    output_cap=p.output_cap_bytes,
+                ),
+                pve=PveClient(
+                    t.pve,
+                    connect_timeout=p.connect_timeout_seconds,
+                    command_timeout=p.command_timeout_seconds,
+                    output_cap=p.output_cap_bytes,
+                ),
+                rules=TargetState(),
+            )
+            for t in cfg.targets
+        }
+        self.governor = Governor(store, cfg.budget, clock=clock, on_event=self.observers.emit)
+        self.manager = IncidentManager(
+            cfg,
+            store,
+            self.governor,
+            self.feed,
+            clients=lambda name: (self.targets[name].shell, self.targets[name].pve),
+            remediator_for=lambda target: remediator_for(cfg, target),
+            observers=self.observers,
+            on_power=self._grace_after_power,
+            clock=clock,
+        )
+        self.scheduler: AsyncIOScheduler | None = None
+        for name in self.targets:
+            metrics.init_target(name)
+            self._export_budget(name)
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def start(self, *, schedule: bool = True) -> None:
+        """Recover the ledger, then start one probe job per target."""
+        unknown = self.governor.recover()
+        if unknown:
+            log.warning("ledger_recovered", unknown_outcomes=unknown)
+        self._fail_orphaned_incidents()
+        if not schedule:
+            return
+        self.scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
+        p = self.cfg.probe
+        for name in self.targets:
+            self.scheduler.add_job(
+                self.probe_job,
+                "interval",
+                seconds=p.interval_seconds,
+                jitter=p.jitter_seconds or None,
+                args=[name],
+                id=f"probe-{name}",
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=max(1, int(p.interval_seconds)),
+                next_run_time=_now_datetime(),
+            )
+        self.scheduler.start()
+        log.info("core_started", targets=list(self.targets), interval=p.interval_seconds)
+
+    async def stop(self) -> None:
+        """Stop probing and cancel incident work (its history stays in the store)."""
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+            self.scheduler = None
+        await self.manager.stop()
+
+    def _fail_orphaned_incidents(self) -> None:
+        """An incident left active by a crash cannot be resumed safely: close it as failed."""
+        for name in self.targets:
+            inc = self.store.active_incident(name)
+            if inc is not None:
+                self.store.add_step(inc["id"], "note", {"text": "watchdog restarted during this incident"})
+                self.store.transition(inc["id"], "failed", "watchdog restarted while it was active")
+
+    # -- one probe round -------------------------------------------------
+
+    async def probe_job(self, name: str) -> None:
+        """A scheduled round: bounded, and never raising into the scheduler."""
+        limit = self.cfg.probe.round_timeout_seconds + 5
+        try:
+            await asyncio.wait_for(self.probe_round(name), timeout=limit)
+        except TimeoutError:
+            log.error("probe_round_timeout", target=name, limit=limit)
+            self.metrics.probe_rounds.labels(target=name, result="timeout").inc()
+        except Exception:  # one bad round must not stop the schedule
+            log.exception("probe_round_failed", target=name)
+            self.metrics.probe_rounds.labels(target=name, result="error").inc()
+
+    async def probe_round(self, name: str) -> Readings:
+        """Probe one target, store and export the readings, evaluate rules, maybe trigger."""
+        rt = self.targets[name]
+        readings = await probe_target(rt.target, self.cfg.probe, now=self.clock)
+        return await self.process(readings)
+
+    async def process(self, readings: Readings) -> Readings:
+        """Everything after the probe itself: store, metrics, rules, triggers, feed."""
+        rt = self.targets[readings.target]
+        self.store.add_readings(readings)
+        self.metrics.observe_readings(readings)
+        ev = evaluate(rt.rules, readings, self.cfg.rules, self.clock())
+        rt.rules, rt.conditions, rt.detail = ev.state, ev.active, dict(ev.detail)
+        self.metrics.set_conditions(readings.target, ev.active)
+        self._export_budget(readings.target)
+        await self.feed.publish(readings)
+        active = self.store.active_incident(readings.target)
+        if ev.fired or (ev.active and active is None):
+            conditions = ev.fired or ev.active
+            reason = "; ".join(ev.detail.get(c, c) for c in conditions)
+            await self.trigger(
+                readings.target,
+                trigger="rule",
+                reason=reason,
+                evidence={"conditions": list(ev.active), "readings": readings.to_dict()},
+            )
+        return readings
+
+    # -- triggers and facade calls ---------------------------------------
+
+    async def trigger(
+        self,
+        target: str,
+        *,
+        trigger: str,
+        reason: str,
+        who: str = "watchdog",
+        evidence: dict[str, Any] | None = None,
+    ) -> TriggerResult:
+        """Open or attach an incident (any source)."""
+        evidence = dict(evidence or {})
+        rt = self.targets[target]
+        evidence.setdefault("conditions", list(rt.conditions))
+        latest = self.feed.latest(target)
+        if latest is not None:
+            evidence.setdefault("readings", latest.to_dict())
+        return await self.manager.trigger(target, trigger=trigger, reason=reason, who=who, evidence=evidence)
+
+    def status(self) -> dict[str, Any]:
+        """Each target's latest readings, active conditions, incident, budget and silence."""
+        now = self.clock()
+        out = []
+        for name, rt in self.targets.items():
+            latest = self.feed.latest(name)
+            inc = self.store.active_incident(name)
+            remaining, next_at = self.governor.remaining(name)
+            out.append(
+                {
+                    "name": name,
+                    "vmid": rt.target.vmid,
+                    "readings": latest.to_dict() if latest else None,
+                    "conditions": list(rt.conditions),
+                    "condition_detail": dict(rt.detail or {}),
+                    "incident": (
+                        {"id": inc["id"], "state": inc["state"], "trigger": inc["trigger"]} if inc else None
+                    ),
+                    "budget": {
+                        "remaining": remaining,
+                        "max_actions": self.cfg.budget.max_actions,
+                        "window_seconds": self.cfg.budget.window_seconds,
+                        "next_allowed_at": next_at,
+                        "dry_run": self.cfg.budget.dry_run,
+                    },
+                    "silence": self.store.active_silence(name, now),
+                }
+            )
+        return {"targets": out, "generated_at": now}
+
+    # -- observers -------------------------------------------------------
+
+    def _grace_after_power(self, target: str, at: float) -> None:
+        rt = self.targets[target]
+        rt.rules = with_grace(rt.rules, at + self.cfg.rules.boot_grace_seconds)
+        self._export_budget(target)
+
+    def _export_budget(self, target: str) -> None:
+        remaining, next_at = self.governor.remaining(target)
+        self.metrics.power_budget_remaining.labels(target=target).set(remaining)
+        self.metrics.power_next_allowed_timestamp.labels(target=target).set(next_at or 0)
+
+    def _observe(self, event: str, data: dict[str, Any]) -> None:
+        m, target = self.metrics, data.get("target")
+        if target is None:
+            return
+        if event == "opened":
+            m.incidents_opened.labels(target=target, trigger=data["trigger"]).inc()
+            m.incidents_active.labels(target=target).set(1)
+        elif event == "closed":
+            m.incidents_active.labels(target=target).set(0)
+            m.incidents_closed.labels(target=target, state=data["state"]).inc()
+            m.incident_duration.labels(target=target, outcome=data["state"]).observe(data["duration"])
+        elif event == "escalated":
+            m.escalations.labels(target=target, reason=data.get("reason") or "gave_up").inc()
+        elif event == "power_action":
+            m.power_actions.labels(target=target, verb=data["verb"], result=data["result"]).inc()
+            self._export_budget(target)
+
+
+def _now_datetime() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+class CoreThread:
+    """Run a :class:`Core` on its own asyncio loop in a daemon thread."""
+
+    def __init__(self, core: Core, *, schedule: bool = True) -> None:
+        self.core = core
+        self._schedule = schedule
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="breakglass-core", daemon=True)
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.core.start(schedule=self._schedule))
+        except BaseException as exc:  # reported to the starting thread
+            self._error = exc
+            self._started.set()
+            return
+        self._started.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self.core.stop())
+        self.loop.close()
+
+    def start(self, timeout: float = 30.0) -> CoreHandle:
+        """Start the loop thread; return the facade once the core has started."""
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise RuntimeError("the core did not start in time")
+        if self._error is not None:
+            raise RuntimeError(f"the core failed to start: {self._error}") from self._error
+        return CoreHandle(self.loop, self.core)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the loop (cancelling incident work) and join the thread."""
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout)
+
+
+class CoreHandle:
+    """Thread-safe facade the web server uses to reach the core."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, core: Core) -> None:
+        self._loop = loop
+        self._core = core
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        """Run ``coro`` on the core loop and wait for its result."""
+        if not self._loop.is_running():
+            coro.close()
+            raise CoreUnavailable("the core loop is not running")
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            fut.cancel()
+            raise CoreUnavailable(f"the core did not answer within {timeout:.0f} s") from None
+
+    def alive(self) -> bool:
+        """True when the core loop answers within a second."""
+        try:
+            self.call(asyncio.sleep(0), timeout=1.0)
+        except CoreUnavailable:
+            return False
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """Each target's state (see Core.status)."""
+        return self.call(_as_coro(self._core.status))
+
+    def trigger(
+        self, target: str, *, trigger: str, reason: str, who: str, evidence: dict[str, Any] | None = None
+    ) -> TriggerResult:
+        """Open or attach an incident from another thread."""
+        return self.call(
+            self._core.trigger(target, trigger=trigger, reason=reason, who=who, evidence=evidence)
+        )
+
+    def grant(self, target: str, who: str, why: str) -> int:
+        """Grant exactly one extra power action for ``target``."""
+        return self.call(_as_coro(lambda: self._core.governor.grant(target, who, why)))
+
+    @property
+    def core(self) -> Core:
+        """The core itself, for code already running on its loop."""
+        return self._core
+
+
+class CoreUnavailable(RuntimeError):
+    """The core loop is down or did not answer in time."""
+
+
+async def _as_coro(fn: Callable[[], T]) -> T:
+    return fn()

@@ -1,0 +1,72 @@
+"""What a remediator (runbook or model agent) is handed, and what it hands back.
+
+The incident manager builds a :class:`RemediationContext` for each incident
+and awaits ``remediator.remediate(ctx)``. The remediator diagnoses and acts
+through the context only: guest commands through ``shell``, host verbs through
+``pve`` (read-only verbs) and ``power`` (the Governor; the only way to send a
+power verb), and every observation or decision through ``record``. It returns
+a :class:`RemediationResult`; verification (green probe rounds) and the final
+state belong to the manager.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from breakglass.config import Config, Target
+from breakglass.remote import DevvmShell, PveClient, Verb
+from breakglass.watchdog.probes import Readings
+
+Outcome = Literal["acted", "nothing_to_do", "escalate"]
+
+# Bounded escalation reasons (they become a metric label).
+EscalationReason = Literal[
+    "budget", "observer_side", "unverified", "gave_up", "policy", "pve_unreachable", "dry_run"
+]
+
+
+@dataclass(frozen=True)
+class RemediationResult:
+    """How a remediation ended: the manager verifies ``acted``/``nothing_to_do``."""
+
+    outcome: Outcome
+    found: str
+    did: tuple[str, ...] = ()
+    escalation: EscalationReason | None = None
+    detail: str = ""
+    next_allowed_at: float | None = None
+    report: str | None = None  # a full report text (the agent's final answer); built from found/did if None
+
+
+class PowerFn(Protocol):
+    """Send a power verb through the Governor for this incident."""
+
+    def __call__(self, verb: Verb, *, trace: Mapping[str, Any]) -> Awaitable[Any]: ...
+
+
+@dataclass
+class RemediationContext:
+    """Everything a remediator may use for one incident."""
+
+    incident_id: int
+    target: Target
+    config: Config
+    shell: DevvmShell
+    pve: PveClient
+    power: PowerFn  # returns a governor.PowerOutcome
+    record: Callable[[str, dict[str, Any]], None]  # store a step on the incident as it happens
+    latest: Readings | None  # the readings that triggered (or the newest round)
+    conditions: tuple[str, ...]  # active rule conditions at open time
+    trigger: str = "rule"
+    reason: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+class Remediator(Protocol):
+    """A runbook or an agent: diagnose and repair one incident."""
+
+    name: str
+
+    async def remediate(self, ctx: RemediationContext) -> RemediationResult: ...

@@ -1,0 +1,308 @@
+"""Incident lifecycle: single-flight per target, remediation, verification, report.
+
+States: open -> diagnosing -> remediating -> verifying -> resolved | escalated
+| failed. Every transition is stored with its time and reason by the Store,
+which also enforces one active incident per target atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from breakglass.config import Config, Target
+from breakglass.events import Observers, ReadingsFeed
+from breakglass.incidents.context import RemediationContext, RemediationResult, Remediator
+from breakglass.incidents.governor import Governor, PowerOutcome
+from breakglass.remote import DevvmShell, PveClient, Verb
+from breakglass.store import Store
+from breakglass.watchdog.probes import Readings
+from breakglass.watchdog.rules import is_healthy
+from breakglass.watchdog.summary import describe_readings
+
+log = structlog.get_logger("breakglass.incidents")
+
+# Triggers a person starts skip silences and the cooldown; the rest are automatic.
+MANUAL_TRIGGERS = frozenset({"manual", "cli"})
+TRIGGERS = frozenset({"rule", "manual", "alertmanager", "cli"})
+
+
+@dataclass(frozen=True)
+class TriggerResult:
+    """What became of a trigger: a new incident, an attachment, or suppression."""
+
+    incident_id: int | None
+    created: bool
+    suppressed: str | None = None  # "silenced" or "cooldown" when nothing was opened
+
+
+class IncidentManager:
+    """Opens incidents, runs a remediator for each, verifies and closes them."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        governor: Governor,
+        feed: ReadingsFeed,
+        *,
+        clients: Callable[[str], tuple[DevvmShell, PveClient]],
+        remediator_for: Callable[[Target], Remediator],
+        observers: Observers | None = None,
+        on_power: Callable[[str, float], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.governor = governor
+        self.feed = feed
+        self._clients = clients
+        self._remediator_for = remediator_for
+        self.observers = observers or Observers()
+        self._on_power = on_power
+        self._clock = clock
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+
+    # -- opening ---------------------------------------------------------
+
+    def suppression(self, target: str) -> str | None:
+        """Why an automatic trigger for ``target`` would open nothing now, if it would not."""
+        now = self._clock()
+        if self.store.active_silence(target, now) is not None:
+            return "silenced"
+        closed = self.store.last_closed_at(target)
+        if closed is not None and now < closed + self.cfg.incidents.cooldown_seconds:
+            return "cooldown"
+        return None
+
+    async def trigger(
+        self,
+        target: str,
+        *,
+        trigger: str,
+        reason: str,
+        who: str = "watchdog",
+        evidence: dict[str, Any] | None = None,
+    ) -> TriggerResult:
+        """Open an incident for ``target`` or attach this trigger to the active one."""
+        self.cfg.target(target)  # KeyError for an unknown target
+        if trigger not in TRIGGERS:
+            raise ValueError(f"unknown trigger {trigger!r}; expected one of {sorted(TRIGGERS)}")
+        evidence = evidence or {}
+        if trigger not in MANUAL_TRIGGERS and self.store.active_incident(target) is None:
+            why = self.suppression(target)
+            if why is not None:
+                log.debug("trigger_suppressed", target=target, trigger=trigger, why=why)
+                return TriggerResult(None, False, why)
+        incident_id, created = self.store.open_incident(target, trigger, reason, who, evidence)
+        if created:
+            log.info("incident_opened", incident=incident_id, target=target, trigger=trigger, who=who)
+            self.observers.emit("opened", {"incident": incident_id, "target": target, "trigger": trigger})
+            self._tasks[incident_id] = asyncio.create_task(
+                self._work(incident_id), name=f"incident-{incident_id}"
+            )
+        else:
+            self.observers.emit("attached", {"incident": incident_id, "target": target, "trigger": trigger})
+        return TriggerResult(incident_id, created)
+
+    async def wait_idle(self, limit: float | None = None) -> None:
+        """Wait until every running incident task has finished (tests and shutdown)."""
+        tasks = [t for t in self._tasks.values() if not t.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=limit)
+
+    async def stop(self) -> None:
+        """Cancel running incident work; the store keeps what happened so far."""
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    # -- working an incident ---------------------------------------------
+
+    async def _work(self, incident_id: int) -> None:
+        try:
+            await self._work_unguarded(incident_id)
+        except asyncio.CancelledError:
+            self._close(incident_id, "failed", "watchdog stopped while the incident was active")
+            raise
+        except Exception as exc:  # one bad incident must not crash the core
+            log.exception("incident_crashed", incident=incident_id)
+            self.store.add_step(incident_id, "note", {"text": f"internal error: {exc!r}"})
+            self._close(incident_id, "failed", f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            self._tasks.pop(incident_id, None)
+
+    async def _work_unguarded(self, incident_id: int) -> None:
+        inc = self.store.get_incident(incident_id)
+        assert inc is not None
+        target = self.cfg.target(inc["target"])
+        remediator = self._remediator_for(target)
+        self.store.transition(incident_id, "diagnosing", f"{remediator.name} diagnosing")
+        shell, pve = self._clients(target.name)
+        latest = self.feed.latest(target.name)
+        power_results: list[PowerOutcome] = []
+
+        async def power(verb: Verb, *, trace: dict[str, Any] | None = None) -> PowerOutcome:
+            self._advance(incident_id, "remediating", f"power action {verb.value} requested")
+            outcome = await self.governor.execute(
+                target.name, incident_id, verb, pve, who=f"{remediator.name}", trace=dict(trace or {})
+            )
+            power_results.append(outcome)
+            if outcome.result in ("ok", "unknown", "failed") and self._on_power is not None:
+                self._on_power(target.name, self._clock())
+            return outcome
+
+        ctx = RemediationContext(
+            incident_id=incident_id,
+            target=target,
+            config=self.cfg,
+            shell=shell,
+            pve=pve,
+            power=power,
+            record=lambda kind, data: self._record(incident_id, kind, data),
+            latest=latest,
+            conditions=tuple(inc.get("evidence", {}).get("conditions", ())),
+            trigger=inc["trigger"],
+            reason=inc.get("reason") or "",
+            evidence=inc.get("evidence") or {},
+        )
+        budget = self.cfg.agent.wall_clock_seconds + 2 * self.cfg.incidents.verify_timeout_seconds
+        try:
+            result = await asyncio.wait_for(remediator.remediate(ctx), timeout=budget)
+        except TimeoutError:
+            result = RemediationResult(
+                outcome="escalate",
+                found="remediation did not finish in time",
+                escalation="gave_up",
+                detail=f"{remediator.name} ran longer than {budget:.0f} s",
+            )
+        self._record(
+            incident_id,
+            "decision",
+            {"decision": f"remediation {result.outcome}", "found": result.found, "did": list(result.did),
+             "escalation": result.escalation, "detail": result.detail},
+        )
+        if any(p.result == "dry_run" for p in power_results) and result.outcome != "escalate":
+            result = RemediationResult(
+                outcome="escalate",
+                found=result.found,
+                did=result.did,
+                escalation="dry_run",
+                detail="dry run: the power action was recorded, not sent",
+                report=result.report,
+            )
+        if result.outcome == "escalate":
+            self._escalate(incident_id, target.name, result)
+            return
+        self._advance(incident_id, "remediating", "; ".join(result.did) or "no action needed")
+        self.store.transition(incident_id, "verifying", "waiting for green probe rounds")
+        ok, detail = await self._verify(target.name)
+        self._record(incident_id, "evidence", {"verification": detail})
+        if ok:
+            self._finish(incident_id, target.name, result, "resolved", detail)
+        else:
+            self._escalate(
+                incident_id,
+                target.name,
+                RemediationResult(
+                    outcome="escalate",
+                    found=result.found,
+                    did=result.did,
+                    escalation="unverified",
+                    detail=detail,
+                    report=result.report,
+                ),
+            )
+
+    async def _verify(self, target: str) -> tuple[bool, str]:
+        """Wait for ``verify_rounds`` consecutive green rounds within the verify window."""
+        need = self.cfg.incidents.verify_rounds
+        deadline = self._clock() + self.cfg.incidents.verify_timeout_seconds
+        after = self._clock()
+        green = 0
+        last: Readings | None = None
+        while green < need:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                break
+            r = await self.feed.next_after(target, after, remaining)
+            if r is None:
+                break
+            after, last = r.at, r
+            green = green + 1 if is_healthy(r, self.cfg.rules) else 0
+        if green >= need:
+            return True, f"{need} consecutive green probe rounds"
+        state = describe_readings(last) if last else "no probe round arrived"
+        return False, (
+            f"not healthy within {self.cfg.incidents.verify_timeout_seconds:.0f} s "
+            f"({green}/{need} green rounds); last: {state}"
+        )
+
+    # -- closing ---------------------------------------------------------
+
+    def _escalate(self, incident_id: int, target: str, result: RemediationResult) -> None:
+        reason = result.escalation or "gave_up"
+        text = f"escalated ({reason}): {result.detail or result.found}"
+        if result.next_allowed_at is not None:
+            text += f"; next power action allowed at {_iso(result.next_allowed_at)}"
+        log.warning(
+            "escalation", incident=incident_id, target=target, reason=reason,
+            detail=result.detail, next_allowed_at=result.next_allowed_at,
+        )
+        self._finish(incident_id, target, result, "escalated", text, reason=reason)
+
+    def _finish(
+        self,
+        incident_id: int,
+        target: str,
+        result: RemediationResult,
+        state: str,
+        why: str,
+        *,
+        reason: str | None = None,
+    ) -> None:
+        now_text = describe_readings(self.feed.latest(target))
+        report = result.report or _report(result, now_text)
+        if result.report and state == "escalated":
+            report = f"{report}\n\nState now: {now_text}\nEscalated: {why}"
+        self.store.set_report(incident_id, report)
+        self._close(incident_id, state, why)
+        self.observers.emit(
+            state, {"incident": incident_id, "target": target, "reason": reason, "report": report}
+        )
+
+    def _close(self, incident_id: int, state: str, why: str) -> None:
+        inc = self.store.get_incident(incident_id)
+        if inc is None or inc["state"] in ("resolved", "escalated", "failed"):
+            return
+        if not self.store.transition(incident_id, state, why):
+            log.error("transition_refused", incident=incident_id, frm=inc["state"], to=state)
+            return
+        opened = inc["opened_at"]
+        self.observers.emit(
+            "closed",
+            {"incident": incident_id, "target": inc["target"], "state": state,
+             "duration": self._clock() - opened},
+        )
+
+    def _advance(self, incident_id: int, state: str, why: str) -> None:
+        inc = self.store.get_incident(incident_id)
+        if inc is not None and inc["state"] == "diagnosing":
+            self.store.transition(incident_id, state, why)
+
+    def _record(self, incident_id: int, kind: str, data: dict[str, Any]) -> None:
+        self.store.add_step(incident_id, kind, data)
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _report(result: RemediationResult, now_text: str) -> str:
+    did = "; ".join(result.did) if result.did else "nothing"
+    return f"Found: {result.found}\nDid: {did}\nState now: {now_text}"
