@@ -63,13 +63,16 @@ class RemoteError(Exception):
 class HostKeyError(RemoteError):
     """The server's host key is unknown or is not the pinned one."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, where: str = "", changed: bool = True) -> None:
         super().__init__(message, kind="host_key", permanent=True)
+        self.where = where
+        self.changed = changed
 
     @property
     def short(self) -> str:
-        """The whole message: it says which host and what is wrong with its key."""
-        return f"host key mismatch: {self}"
+        """Which host, and whether its key changed or was never pinned."""
+        what = "changed, not the pinned key" if self.changed else "unknown, none pinned"
+        return f"host key mismatch: {self.where} key {what}"
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ def _host_key_error(ep: SshEndpoint, exc: Exception) -> HostKeyError:
             f"host key of {where} is unknown: no key pinned for it in {ep.known_hosts}; "
             "refusing to connect"
         )
-    return HostKeyError(f"{msg} ({exc})")
+    return HostKeyError(f"{msg} ({exc})", where=f"{ep.host}:{ep.port}", changed=bool(trusted))
 
 
 async def _connect(ep: SshEndpoint, connect_timeout: float) -> asyncssh.SSHClientConnection:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from breakglass.config import Config, ProbeSettings, Target
-from breakglass.log import get_logger
+from breakglass.log import configure_logging, get_logger
 from breakglass.remote import DevvmShell, PveClient, RemoteError
 from breakglass.watchdog import parse
 
@@ -288,6 +288,8 @@ def format_table(readings: list[Readings]) -> str:
 
 def probe_command(cfg: Config, *, as_json: bool) -> int:
     """Run ``breakglass probe``: one round per target, printed as a table or a JSON list."""
+    # Log lines go to stderr so stdout stays a clean table or JSON document.
+    configure_logging(cfg.log, stream=sys.stderr)
     try:
         readings = asyncio.run(probe_all(cfg))
     except Exception as exc:  # the CLI reports, it does not dump a traceback

@@ -1,0 +1,152 @@
+"""Logging: JSON lines, console on a TTY, and secrets that never reach the output."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from breakglass.config import LogSettings
+from breakglass.log import REDACTED, configure_logging, get_logger, redact_text
+
+TOKEN = "wh-7f3c9e2a1b4d5e6f7a8b9c0d"
+API_KEY = "sk-ant-api03-Zx9yW8vU7tS6rQ5pO4nM3lK2jI1hG0fE"
+PRIVATE_KEY = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\n"
+    "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n"
+    "QyNTUxOQAAACBkZXZ2bWtleWRldnZta2V5ZGV2dm1rZXlkZXZ2bWtleQAAAJgAAAAAAAAA\n"
+    "-----END OPENSSH PRIVATE KEY-----\n"
+)
+KEY_BODY = "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ"
+
+
+class FakeTty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def captured():
+    """Configure JSON logging into a buffer; restore the root logger afterwards."""
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    buf = io.StringIO()
+    configure_logging(LogSettings(format="json", level="debug"), stream=buf)
+    yield buf
+    root.handlers[:] = before[0]
+    root.setLevel(before[1])
+
+
+def lines(buf: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in buf.getvalue().splitlines()]
+
+
+def assert_no_secret(text: str) -> None:
+    for secret in (TOKEN, API_KEY, "Zx9yW8vU7tS6rQ5pO4nM3lK2jI1hG0fE", KEY_BODY, "BEGIN OPENSSH"):
+        assert secret not in text
+
+
+def test_it_writes_one_json_object_per_line(captured):
+    get_logger("breakglass.test").info("probe round", target="devvm", load1=0.5)
+    (entry,) = lines(captured)
+    assert entry["event"] == "probe round"
+    assert entry["target"] == "devvm"
+    assert entry["level"] == "info"
+    assert entry["logger"] == "breakglass.test"
+    assert entry["timestamp"].endswith("Z")
+
+
+def test_it_masks_secret_named_keys_at_any_depth(captured):
+    get_logger("t").info(
+        "webhook configured",
+        webhook_token=TOKEN,
+        api_key=API_KEY,
+        private_key=PRIVATE_KEY,
+        headers={"Authorization": f"Bearer {TOKEN}", "X-Api-Key": API_KEY},
+        password="hunter2-but-longer",
+        input_tokens=1200,
+        token_file="/etc/breakglass/token",
+    )
+    out = captured.getvalue()
+    assert_no_secret(out)
+    assert "hunter2" not in out
+    (entry,) = lines(captured)
+    assert entry["webhook_token"] == REDACTED
+    assert entry["api_key"] == REDACTED
+    assert entry["headers"] == {"Authorization": REDACTED, "X-Api-Key": REDACTED}
+    # Counters and file paths merely named after tokens stay readable.
+    assert entry["input_tokens"] == 1200
+    assert entry["token_file"] == "/etc/breakglass/token"
+
+
+def test_it_masks_key_material_inside_free_text(captured):
+    log = get_logger("t")
+    log.warning(f"agent said: use {API_KEY} and Authorization: Bearer {TOKEN}")
+    log.info("read file", content=f"# key\n{PRIVATE_KEY}# end", argv=["curl", f"Bearer {TOKEN}"])
+    out = captured.getvalue()
+    assert_no_secret(out)
+    first, second = lines(captured)
+    assert "Bearer [redacted]" in first["event"]
+    assert "[redacted private key]" in second["content"]
+
+
+def test_it_masks_secrets_in_tracebacks(captured):
+    try:
+        raise RuntimeError(f"401 from API with key {API_KEY}")
+    except RuntimeError:
+        get_logger("t").exception("agent call failed")
+    out = captured.getvalue()
+    assert_no_secret(out)
+    (entry,) = lines(captured)
+    assert "RuntimeError: 401 from API with key sk-ant-[redacted]" in entry["exception"]
+
+
+def test_it_masks_secrets_logged_by_libraries_through_the_standard_library(captured):
+    logging.getLogger("breakglass.lib").warning("sending Authorization: Bearer %s", TOKEN)
+    assert_no_secret(captured.getvalue())
+    (entry,) = lines(captured)
+    assert entry["event"] == "sending Authorization: Bearer [redacted]"
+
+
+def test_it_drops_lines_below_the_configured_level():
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    buf = io.StringIO()
+    try:
+        configure_logging(LogSettings(format="json", level="warning"), stream=buf)
+        get_logger("t").info("not shown")
+        get_logger("t").warning("shown")
+    finally:
+        root.handlers[:] = before[0]
+        root.setLevel(before[1])
+    assert [e["event"] for e in lines(buf)] == ["shown"]
+
+
+def test_it_renders_for_humans_on_a_tty_and_still_masks():
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    tty = FakeTty()
+    try:
+        configure_logging(LogSettings(format="auto", level="info"), stream=tty)
+        get_logger("t").info("incident opened", target="devvm", api_key=API_KEY)
+    finally:
+        root.handlers[:] = before[0]
+        root.setLevel(before[1])
+    out = tty.getvalue()
+    assert "incident opened" in out
+    assert "target=devvm" in out
+    assert not out.lstrip().startswith("{")
+    assert_no_secret(out)
+
+
+def test_configuring_twice_does_not_duplicate_lines(captured):
+    configure_logging(LogSettings(format="json", level="info"), stream=captured)
+    get_logger("t").info("once")
+    assert len(lines(captured)) == 1
+
+
+def test_redact_text_leaves_ordinary_text_alone():
+    text = "token bucket refilled; 3 tokens left; Bearer of bad news"
+    assert redact_text(text).startswith("token bucket refilled; 3 tokens left; Bearer ")
