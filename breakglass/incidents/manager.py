@@ -184,8 +184,13 @@ class IncidentManager:
         self._record(
             incident_id,
             "decision",
-            {"decision": f"remediation {result.outcome}", "found": result.found, "did": list(result.did),
-             "escalation": result.escalation, "detail": result.detail},
+            {
+                "decision": f"remediation {result.outcome}",
+                "found": result.found,
+                "did": list(result.did),
+                "escalation": result.escalation,
+                "detail": result.detail,
+            },
         )
         if any(p.result == "dry_run" for p in power_results) and result.outcome != "escalate":
             result = RemediationResult(
@@ -251,8 +256,12 @@ class IncidentManager:
         if result.next_allowed_at is not None:
             text += f"; next power action allowed at {_iso(result.next_allowed_at)}"
         log.warning(
-            "escalation", incident=incident_id, target=target, reason=reason,
-            detail=result.detail, next_allowed_at=result.next_allowed_at,
+            "escalation",
+            incident=incident_id,
+            target=target,
+            reason=reason,
+            detail=result.detail,
+            next_allowed_at=result.next_allowed_at,
         )
         self._finish(incident_id, target, result, "escalated", text, reason=reason)
 
@@ -286,8 +295,12 @@ class IncidentManager:
         opened = inc["opened_at"]
         self.observers.emit(
             "closed",
-            {"incident": incident_id, "target": inc["target"], "state": state,
-             "duration": self._clock() - opened},
+            {
+                "incident": incident_id,
+                "target": inc["target"],
+                "state": state,
+                "duration": self._clock() - opened,
+            },
         )
 
     def _advance(self, incident_id: int, state: str, why: str) -> None:
