@@ -61,16 +61,15 @@ ESCALATION_REASONS = (
 # ok: both sides answered; partial: one did; failed: neither; timeout/error: the round itself broke.
 ROUND_RESULTS = ("ok", "partial", "failed", "timeout", "error")
 TOKEN_DIRECTIONS = ("input", "output")
+# Why the model agent handed over to the runbook (the agent's fallback kinds).
 FALLBACK_REASONS = (
     "no_api_key",
     "auth",
-    "rate_limited",
-    "overloaded",
-    "api_error",
+    "unavailable",
+    "error",
     "token_budget",
     "wall_clock",
     "max_turns",
-    "bad_response",
 )
 ALERT_STATUSES = ("firing", "resolved")
 

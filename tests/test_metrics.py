@@ -230,12 +230,12 @@ def test_unexpected_label_values_become_other(metrics: Metrics, registry: Collec
 def test_agent_and_webhook_counters(metrics: Metrics, registry: CollectorRegistry) -> None:
     metrics.agent_usage("devvm", 1200, 300)
     metrics.agent_usage("devvm", 800, 100)
-    metrics.agent_fallback("devvm", "rate_limited")
+    metrics.agent_fallback("devvm", "unavailable")
     metrics.alert_received("firing")
     metrics.round_failed("devvm", "timeout")
     assert value(registry, "breakglass_agent_tokens_total", target="devvm", direction="input") == 2000
     assert value(registry, "breakglass_agent_tokens_total", target="devvm", direction="output") == 400
-    assert value(registry, "breakglass_agent_fallbacks_total", target="devvm", reason="rate_limited") == 1
+    assert value(registry, "breakglass_agent_fallbacks_total", target="devvm", reason="unavailable") == 1
     assert value(registry, "breakglass_alerts_received_total", status="firing") == 1
     assert value(registry, "breakglass_probe_rounds_total", target="devvm", result="timeout") == 1
 
