@@ -281,7 +281,7 @@ def _step(
     return replace(prev, good_rounds=good_rounds), None
 
 
-def _describe(name: str, st: ConditionState, need: _Need, fresh: bool, now: float) -> str:
+def _describe(st: ConditionState, need: _Need, fresh: bool, now: float) -> str:
     if need.seconds > 0 and st.bad_since is not None:
         text = f"{st.note}, for {now - st.bad_since:.0f} s"
     else:
@@ -319,7 +319,7 @@ def evaluate(prev: TargetState, readings: Readings, rules: RuleSettings, now: fl
             cleared.append(name)
     state = TargetState(conditions=conditions, grace_until=grace_until)
     detail = {
-        n: _describe(n, conditions[n], needs[n], verdicts[n].bad is not None, now)
+        n: _describe(conditions[n], needs[n], verdicts[n].bad is not None, now)
         for n in state.active
     }
     return Evaluation(
