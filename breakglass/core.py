@@ -154,10 +154,10 @@ class Core:
             await asyncio.wait_for(self.probe_round(name), timeout=limit)
         except TimeoutError:
             log.error("probe_round_timeout", target=name, limit=limit)
-            self.metrics.probe_rounds.labels(target=name, result="timeout").inc()
+            self.metrics.round_failed(name, "timeout")
         except Exception:  # one bad round must not stop the schedule
             log.exception("probe_round_failed", target=name)
-            self.metrics.probe_rounds.labels(target=name, result="error").inc()
+            self.metrics.round_failed(name, "error")
 
     async def probe_round(self, name: str) -> Readings:
         """Probe one target, store and export the readings, evaluate rules, maybe trigger."""
@@ -246,25 +246,25 @@ class Core:
 
     def _export_budget(self, target: str) -> None:
         remaining, next_at = self.governor.remaining(target)
-        self.metrics.power_budget_remaining.labels(target=target).set(remaining)
-        self.metrics.power_next_allowed_timestamp.labels(target=target).set(next_at or 0)
+        self.metrics.set_budget(target, remaining, next_at)
 
     def _observe(self, event: str, data: dict[str, Any]) -> None:
         m, target = self.metrics, data.get("target")
         if target is None:
             return
         if event == "opened":
-            m.incidents_opened.labels(target=target, trigger=data["trigger"]).inc()
-            m.incidents_active.labels(target=target).set(1)
+            m.incident_opened(target, data["trigger"])
         elif event == "closed":
-            m.incidents_active.labels(target=target).set(0)
-            m.incidents_closed.labels(target=target, state=data["state"]).inc()
-            m.incident_duration.labels(target=target, outcome=data["state"]).observe(data["duration"])
+            m.incident_closed(target, data["state"], data["duration"])
         elif event == "escalated":
-            m.escalations.labels(target=target, reason=data.get("reason") or "gave_up").inc()
+            m.escalation(target, data.get("reason"))
         elif event == "power_action":
-            m.power_actions.labels(target=target, verb=data["verb"], result=data["result"]).inc()
+            m.power_action(target, data["verb"], data["result"])
             self._export_budget(target)
+        elif event == "usage":
+            m.agent_usage(target, data["input_tokens"], data["output_tokens"])
+        elif event == "fallback":
+            m.agent_fallback(target, data["kind"])
 
 
 def _now_datetime() -> Any:

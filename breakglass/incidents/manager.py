@@ -164,7 +164,7 @@ class IncidentManager:
             shell=shell,
             pve=pve,
             power=power,
-            record=lambda kind, data: self._record(incident_id, kind, data),
+            record=lambda kind, data: self._record(incident_id, kind, data, target.name),
             latest=latest,
             conditions=tuple(inc.get("evidence", {}).get("conditions", ())),
             trigger=inc["trigger"],
@@ -308,8 +308,12 @@ class IncidentManager:
         if inc is not None and inc["state"] == "diagnosing":
             self.store.transition(incident_id, state, why)
 
-    def _record(self, incident_id: int, kind: str, data: dict[str, Any]) -> None:
+    def _record(self, incident_id: int, kind: str, data: dict[str, Any], target: str | None = None) -> None:
         self.store.add_step(incident_id, kind, data)
+        if kind == "usage":
+            self.store.add_tokens(incident_id, data["input_tokens"], data["output_tokens"])
+        if kind in ("usage", "fallback") and target is not None:
+            self.observers.emit(kind, {**data, "incident": incident_id, "target": target})
 
 
 def _iso(ts: float) -> str:
