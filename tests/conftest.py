@@ -1,0 +1,92 @@
+"""Shared fixtures: a simulated devvm + Proxmox host over real SSH on loopback."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from breakglass.sim.runner import SimHandle, SimThread
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[SimHandle]:
+    """A running simulator (``test`` profile) in ``tmp_path/sim``.
+
+    Gives ``.devvm_port``, ``.pve_port``, ``.control_url``, ``.config_path``,
+    ``.config`` (the loaded Config), ``.vm`` (the SimVM), ``.inject(fault)``,
+    ``.clear()`` and ``.state()``.
+    """
+    with SimThread() as thread:
+        yield thread.serve(tmp_path / "sim", "test")
+
+
+@dataclass
+class SimProcess:
+    """A ``breakglass sim`` child process and the JSON line it printed."""
+
+    proc: subprocess.Popen[str]
+    info: dict[str, Any]
+    state_dir: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Signal the process and return its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def start_sim_process(state_dir: Path, profile: str = "test", timeout: float = 20.0) -> SimProcess:
+    """Run ``breakglass sim`` as a child and read its one JSON line."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    stderr_path = state_dir.parent / f"{state_dir.name}.stderr"
+    with stderr_path.open("a") as stderr:
+        argv = [sys.executable, "-m", "breakglass.cli", "sim", "--state-dir", str(state_dir)]
+        proc = subprocess.Popen(
+            [*argv, "--profile", profile],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    assert proc.stdout is not None
+    # readline blocks until the simulator has bound its ports and written the config.
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait(timeout)
+        raise AssertionError(
+            f"breakglass sim exited with {proc.returncode} before printing its JSON line:\n"
+            + stderr_path.read_text()
+        )
+    return SimProcess(proc=proc, info=json.loads(line), state_dir=state_dir)
+
+
+@pytest.fixture
+def launch_sim() -> Iterator[Callable[[Path], SimProcess]]:
+    """Start ``breakglass sim --profile test`` processes; any left running are killed afterwards."""
+    children: list[SimProcess] = []
+
+    def launch(state_dir: Path) -> SimProcess:
+        child = start_sim_process(state_dir)
+        children.append(child)
+        return child
+
+    yield launch
+    for child in children:
+        if child.proc.poll() is None:
+            child.proc.kill()
+            child.proc.wait(10)
+        if child.proc.stdout is not None:
+            child.proc.stdout.close()
+
+
+@pytest.fixture
+def sim_process(launch_sim: Callable[[Path], SimProcess], tmp_path: Path) -> SimProcess:
+    """The real ``breakglass sim --profile test`` CLI running as a subprocess."""
+    return launch_sim(tmp_path / "simproc")
