@@ -62,6 +62,15 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float = 5.0, what: str
         time.sleep(0.02)
 
 
+async def poll(predicate: Callable[[], bool], *, within: float = 5.0, what: str = "condition") -> None:
+    """Like wait_until, but lets the caller's own event loop keep running."""
+    deadline = time.monotonic() + within
+    while not await asyncio.to_thread(predicate):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
 def loop_task_count(sim: SimHandle) -> int:
     # Called through the loop, so the helper coroutine itself is one of the tasks.
     return sim.call(lambda: len(asyncio.all_tasks()))
@@ -149,6 +158,21 @@ def test_a_hung_command_ends_when_the_client_closes_the_connection(sim: SimHandl
     asyncio.run(main())
     wait_until(lambda: loop_task_count(sim) == baseline, what="the hung command to be cancelled")
     assert "io_stall" in sim.state()["faults"]
+
+
+def test_a_hung_command_ends_when_the_client_closes_only_its_channel(sim: SimHandle) -> None:
+    async def main() -> None:
+        async with await connect(devvm(sim)) as conn:
+            idle = await asyncio.to_thread(loop_task_count, sim)
+            sim.inject("io_stall")
+            process = await conn.create_process("uptime")
+            await poll(lambda: loop_task_count(sim) > idle, what="the command to start")
+            process.close()
+            await process.wait_closed()
+            await poll(lambda: loop_task_count(sim) == idle, what="the hung command to be cancelled")
+            assert process.exit_status is None
+
+    asyncio.run(main())
 
 
 def test_memory_pressure_delays_the_login_banner(sim: SimHandle) -> None:

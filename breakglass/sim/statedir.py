@@ -126,9 +126,9 @@ class SimKeys:
 
 
 def prepare_dir(state_dir: str | os.PathLike[str]) -> StatePaths:
-    """Create the state folder (owner-only) and return its paths."""
+    """Create the state folder (owner-only when new) and return its paths."""
     root = Path(state_dir).expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
     return StatePaths(root)
 
 
