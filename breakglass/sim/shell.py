@@ -1,0 +1,259 @@
+"""The devvm's command interpreter: bash's ``-c`` for the subset a diagnosis needs.
+
+It understands ``;``, ``&&``, ``||`` and ``|``, shell quoting (via shlex),
+``2>&1`` and ``>/dev/null``, ``sudo CMD`` and ``bash -c STRING``. Each
+command is a function in one of the ``cmd_*`` modules; anything else is
+"command not found", as bash says it.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from breakglass.sim import catalog as c
+from breakglass.sim.guest import Guest
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What one exec request produced."""
+
+    stdout: str
+    stderr: str
+    exit_status: int
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """Who runs a command, where, and when."""
+
+    guest: Guest
+    now: float
+    root: bool
+
+    def err(self, text: str) -> str:
+        """Prefix a builtin's error the way bash does for ``bash -c``."""
+        return f"bash: line 1: {text}\n"
+
+
+Out = tuple[str, str, int]
+Command = Callable[[Ctx, list[str], str], Out]
+
+_OPS = ("&&", "||", ";", "|", "&", "\n")
+
+
+class ShellSyntaxError(ValueError):
+    """The line cannot be parsed (unmatched quote, empty command between operators)."""
+
+
+def split_line(line: str) -> list[tuple[str, str]]:
+    """Cut a command line at unquoted operators: [(operator_before, text), ...]."""
+    parts: list[tuple[str, str]] = []
+    buf: list[str] = []
+    op_before = ""
+    quote = ""
+    i = 0
+    while i < len(line):
+        ch = line[i]
+        if quote:
+            buf.append(ch)
+            if ch == quote:
+                quote = ""
+            elif ch == "\\" and quote == '"' and i + 1 < len(line):
+                buf.append(line[i + 1])
+                i += 1
+            i += 1
+            continue
+        if ch in "'\"":
+            quote = ch
+            buf.append(ch)
+            i += 1
+            continue
+        if ch == "\\" and i + 1 < len(line):
+            buf.extend(line[i:i + 2])
+            i += 2
+            continue
+        if ch == "#" and (not buf or buf[-1].isspace()):
+            break  # a comment runs to the end of the line
+        op = next((o for o in _OPS if line.startswith(o, i)), "")
+        if op == "&" and (line.startswith(">", i + 1) or (buf and buf[-1] in "<>")):
+            op = ""  # &> and 2>&1 are redirections, not background jobs
+        if op:
+            text = "".join(buf).strip()
+            if not text and op != "\n":
+                raise ShellSyntaxError(f"syntax error near unexpected token `{op}'")
+            if text:
+                parts.append((op_before, text))
+            op_before = ";" if op in ("&", "\n") else op
+            buf = []
+            i += len(op)
+            continue
+        buf.append(ch)
+        i += 1
+    if quote:
+        raise ShellSyntaxError(f"unexpected EOF while looking for matching `{quote}'")
+    text = "".join(buf).strip()
+    if text:
+        parts.append((op_before, text))
+    elif op_before in ("&&", "||", "|"):
+        raise ShellSyntaxError("syntax error: unexpected end of file")
+    return parts
+
+
+class Session:
+    """One ``bash -c`` run as user breakglass inside ``guest`` at time ``now``."""
+
+    def __init__(self, guest: Guest, now: float) -> None:
+        self.guest = guest
+        self.now = now
+
+    def run(self, line: str) -> ExecResult:
+        """Run a whole command line and return its combined result."""
+        out, err, code = self.run_line(line, root=False)
+        return ExecResult(out, err, code)
+
+    def run_line(self, line: str, *, root: bool) -> Out:
+        """Run ``line`` with bash's list semantics: ``;`` always, ``&&``/``||`` by status."""
+        try:
+            parts = split_line(line)
+        except ShellSyntaxError as exc:
+            return "", f"bash: -c: line 1: {exc}\n", 2
+        outs: list[str] = []
+        errs: list[str] = []
+        status = 0
+        pipeline: list[str] = []
+        skip = False
+        for idx, (op, text) in enumerate(parts):
+            if op == "|":
+                pipeline.append(text)
+            else:
+                if pipeline and not skip:
+                    o, e, status = self._pipeline(pipeline, root)
+                    outs.append(o)
+                    errs.append(e)
+                if op == "&&":
+                    skip = status != 0
+                elif op == "||":
+                    skip = status == 0
+                elif idx:
+                    skip = False
+                pipeline = [text]
+        if pipeline and not skip:
+            o, e, status = self._pipeline(pipeline, root)
+            outs.append(o)
+            errs.append(e)
+        return "".join(outs), "".join(errs), status
+
+    def _pipeline(self, stages: list[str], root: bool) -> Out:
+        data = ""
+        errs: list[str] = []
+        status = 0
+        for text in stages:
+            out, err, status = self._simple(text, data, root)
+            errs.append(err)
+            data = out
+        return data, "".join(errs), status
+
+    def _simple(self, text: str, stdin: str, root: bool) -> Out:
+        try:
+            words = shlex.split(text)
+        except ValueError as exc:
+            return "", f"bash: -c: line 1: {exc}\n", 2
+        from breakglass.sim.cmd_disk import expand_glob
+
+        ctx = Ctx(self.guest, self.now, root)
+        words = [w for word in words for w in expand_glob(ctx, word)]
+        words, redirect, bad = _redirections(words)
+        if bad:
+            return "", f"bash: line 1: {bad}: Permission denied\n", 1
+        out, err, code = self.call(words, stdin, root=root)
+        if redirect.get("merge"):
+            out, err = out + err, ""
+        if redirect.get("no_out"):
+            out = ""
+        if redirect.get("no_err"):
+            err = ""
+        return out, err, code
+
+    def call(self, words: list[str], stdin: str, *, root: bool, via_sudo: bool = False) -> Out:
+        """Run one command given as words."""
+        if not words:
+            return "", "", 0
+        name, args = words[0], words[1:]
+        ctx = Ctx(self.guest, self.now, root)
+        if name == "sudo":
+            return self._sudo(args, stdin)
+        if name in ("bash", "sh") and len(args) >= 2 and args[0] == "-c":
+            return self.run_line(args[1], root=root)
+        fn = _commands().get(name.rsplit("/", 1)[-1] if name.startswith("/") else name)
+        if fn is None:
+            if via_sudo:
+                return "", f"sudo: {name}: command not found\n", 1
+            return "", f"bash: line 1: {name}: command not found\n", 127
+        return fn(ctx, args, stdin)
+
+    def _sudo(self, args: list[str], stdin: str) -> Out:
+        rest = list(args)
+        while rest and rest[0].startswith("-"):
+            flag = rest.pop(0)
+            if flag == "--":
+                break
+            if flag in ("-u", "-g") and rest:
+                rest.pop(0)
+            elif flag in ("-i", "-s") and not rest:
+                return "", "sudo: a terminal is required to read the password; either use the -S "\
+                           "option to read from standard input or configure an askpass helper\n", 1
+        if not rest:
+            return "", ("usage: sudo -h | -K | -k | -V\nusage: sudo -v [-ABkNnS] [-g group] "
+                        "[-h host] [-p prompt] [-u user]\n"), 1
+        return self.call(rest, stdin, root=True, via_sudo=True)
+
+
+_REDIRECT = re.compile(r"(?P<fd>[12&]?)(?P<op>>>?)(?P<rest>.*)")
+
+
+def _redirections(words: list[str]) -> tuple[list[str], dict[str, bool], str]:
+    """Strip ``2>&1`` and ``>/dev/null`` style redirections; name a file we cannot write."""
+    kept: list[str] = []
+    flags: dict[str, bool] = {}
+    i = 0
+    while i < len(words):
+        m = _REDIRECT.fullmatch(words[i])
+        if m is None:
+            kept.append(words[i])
+            i += 1
+            continue
+        fd, rest = m["fd"], m["rest"]
+        i += 1
+        if rest in ("&1", "&2"):
+            if fd == "2" and rest == "&1":
+                flags["merge"] = True
+            continue
+        if not rest and i < len(words):
+            rest = words[i]
+            i += 1
+        if rest != "/dev/null":
+            return kept, flags, rest or "newline"
+        if fd in ("", "1"):
+            flags["no_out"] = True
+        elif fd == "2":
+            flags["no_err"] = True
+        else:
+            flags["no_out"] = flags["no_err"] = True
+    return kept, flags, ""
+
+
+def _commands() -> dict[str, Command]:
+    # Imported here: the command modules use Ctx from this module.
+    from breakglass.sim import cmd_basic, cmd_disk, cmd_proc, cmd_systemd
+
+    table: dict[str, Command] = {}
+    for module in (cmd_basic, cmd_disk, cmd_proc, cmd_systemd):
+        table.update(module.COMMANDS)
+    return table
+
+
+__all__ = ["Ctx", "ExecResult", "Out", "Session", "c", "split_line"]

@@ -1,0 +1,323 @@
+"""One simulated VM: its power state, injected faults, and the two ways in (devvm, Proxmox).
+
+The SSH servers call ``devvm_login``/``pve_login`` on each connection and
+``devvm_exec``/``pve_exec`` on each exec request; the control API calls
+``inject``/``clear``/``state``. All state follows the injected clock, so tests
+can step time instead of sleeping; only latencies and hangs really wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from breakglass.sim import catalog, pve
+from breakglass.sim.guest import Guest
+from breakglass.sim.shell import ExecResult, Session
+
+__all__ = ["FAULTS", "ExecResult", "HostView", "SimTiming", "SimVM"]
+
+FAULTS: tuple[str, ...] = (
+    "io_stall", "guest_hang", "vm_stopped", "unit_failed", "disk_full", "memory_hog",
+    "sshd_dead", "load_spike", "vm_paused", "pve_unreachable", "network_partition",
+)
+# Faults held as plain flags; every other fault is read off the VM's state.
+_FLAG_FAULTS = frozenset({"io_stall", "guest_hang", "pve_unreachable", "network_partition"})
+# Faults under which the guest (or the path to it) does not answer at all.
+_HANG_FAULTS = frozenset({"io_stall", "guest_hang", "vm_paused", "network_partition"})
+_DISK_FULL_RATIO = 0.90
+_HANG_POLL_SECONDS = 0.05
+FORENSICS_KEPT = 20
+
+
+@dataclass(frozen=True)
+class SimTiming:
+    """The simulator's time constants, in seconds."""
+
+    boot_seconds: float
+    stop_seconds: float
+    command_latency_seconds: float
+    slow_latency_seconds: float
+    qmp_timeout_seconds: float
+    hang_seconds: float
+    load_spike_seconds: float
+
+    @classmethod
+    def profile(cls, name: Literal["test", "demo"]) -> SimTiming:
+        """The named set of constants: ``test`` for the suite, ``demo`` for people."""
+        if name == "test":
+            return cls(boot_seconds=1.0, stop_seconds=0.1, command_latency_seconds=0.0,
+                       slow_latency_seconds=0.3, qmp_timeout_seconds=0.2, hang_seconds=3600.0,
+                       load_spike_seconds=2.0)
+        if name == "demo":
+            return cls(boot_seconds=20.0, stop_seconds=3.0, command_latency_seconds=0.05,
+                       slow_latency_seconds=3.0, qmp_timeout_seconds=2.0, hang_seconds=3600.0,
+                       load_spike_seconds=60.0)
+        raise ValueError(f"unknown timing profile {name!r}; known: test, demo")
+
+
+@dataclass(frozen=True)
+class HostView:
+    """What the Proxmox host can see of the VM at one instant."""
+
+    vmid: int
+    now: float
+    power: Literal["running", "stopped", "paused"]
+    booting: bool
+    faults: frozenset[str]
+    qemu_pid: int | None
+    qemu_started: float
+    qmp_timeout_seconds: float
+    disk_ops: tuple[int, int]
+
+
+class SimVM:
+    """A simulated devvm on a simulated Proxmox host, with fault injection."""
+
+    def __init__(self, timing: SimTiming, *, vmid: int = 102,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.timing = timing
+        self.vmid = vmid
+        self.clock = clock
+        self._lock = threading.RLock()
+        now = clock()
+        self.guest = Guest.healthy(now)
+        self._power: Literal["running", "stopped", "paused"] = "running"
+        self._booting_until = 0.0
+        self._flags: set[str] = set()
+        self._qemu_pid: int | None = 4242
+        self._qemu_started = self.guest.boot_at - 3.2
+        self.power_log: list[dict[str, Any]] = []
+        self.verb_counts: Counter[str] = Counter()
+        self.forensics_log: deque[dict[str, Any]] = deque(maxlen=FORENSICS_KEPT)
+
+    # ---- control ---------------------------------------------------------------
+
+    def inject(self, fault: str) -> None:
+        """Make ``fault`` happen now (a no-op when it is already present)."""
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+        with self._lock:
+            now = self.clock()
+            if fault in self._faults(now):
+                return
+            g = self.guest
+            if fault in _FLAG_FAULTS:
+                self._flags.add(fault)
+                if fault == "io_stall":
+                    g.stall_messages(now)
+                elif fault == "guest_hang":
+                    g.soft_lockup(now)
+            elif fault == "vm_stopped":
+                self._power_off(now)
+            elif fault == "vm_paused":
+                if self._power == "running":
+                    self._power = "paused"
+            elif fault == "unit_failed":
+                g.crash_postgres(now)
+            elif fault == "disk_full":
+                g.fill_disk(now)
+            elif fault == "memory_hog":
+                g.start_hog(now)
+            elif fault == "sshd_dead":
+                g.kill_sshd(now)
+            elif fault == "load_spike":
+                g.spike_until = now + self.timing.load_spike_seconds
+
+    def clear(self) -> None:
+        """Remove every fault: a running, healthy VM (the history logs are kept)."""
+        with self._lock:
+            now = self.clock()
+            running = self._power == "running" and now >= self._booting_until
+            uptime = now - self.guest.boot_at if running else 0.0
+            self.guest = Guest.healthy(now, uptime=uptime)
+            self._flags.clear()
+            self._booting_until = 0.0
+            if self._power != "running" or self._qemu_pid is None:
+                self._new_qemu(now)
+            self._power = "running"
+
+    def state(self) -> dict[str, Any]:
+        """The ground truth: power state, present faults, power verbs received, verb counts."""
+        with self._lock:
+            now = self.clock()
+            return {
+                "vm": self._vm_state(now),
+                "vmid": self.vmid,
+                "faults": sorted(self._faults(now)),
+                "power_log": [dict(e) for e in self.power_log],
+                "verb_counts": dict(self.verb_counts),
+                "uptime_seconds": round(now - self.guest.boot_at, 3)
+                if self._power != "stopped" else 0.0,
+            }
+
+    # ---- the devvm side ----------------------------------------------------------
+
+    def devvm_login(self) -> Literal["ok", "refuse", "hang", "slow"]:
+        """What an SSH connection to the devvm does right now."""
+        with self._lock:
+            now = self.clock()
+            faults = self._faults(now)
+            if "network_partition" in faults:
+                return "hang"
+            if self._power == "stopped":
+                return "refuse"
+            if faults & _HANG_FAULTS:
+                return "hang"
+            if self._vm_state(now) == "booting" or "sshd_dead" in faults:
+                return "refuse"
+            return "slow" if "memory_hog" in faults else "ok"
+
+    async def devvm_exec(self, command: str) -> ExecResult:
+        """Run one exec request's command line in the guest, as user breakglass."""
+        with self._lock:
+            boot_id = self.guest.boot_id
+            hangs = self._exec_hangs()
+        if hangs and not await self._wait_out_hang(boot_id):
+            return ExecResult("", "Connection to devvm closed by remote host.\n", 255)
+        with self._lock:
+            delay = self.timing.command_latency_seconds
+            if "memory_hog" in self._faults(self.clock()):
+                delay += self.timing.slow_latency_seconds
+        if delay > 0:
+            await asyncio.sleep(delay)
+        with self._lock:
+            if self._power == "stopped" or self.guest.boot_id != boot_id:
+                return ExecResult("", "Connection to devvm closed by remote host.\n", 255)
+            return Session(self.guest, self.clock()).run(command)
+
+    def _exec_hangs(self) -> bool:
+        return bool(self._faults(self.clock()) & _HANG_FAULTS)
+
+    async def _wait_out_hang(self, boot_id: str) -> bool:
+        """Wait until the hang ends; True when the same boot carries on, False otherwise."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timing.hang_seconds
+        while (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(_HANG_POLL_SECONDS, left))
+            with self._lock:
+                if self.guest.boot_id != boot_id or self._power == "stopped":
+                    return False
+                if not self._exec_hangs():
+                    return True
+        return False
+
+    # ---- the Proxmox side --------------------------------------------------------
+
+    def pve_login(self) -> Literal["ok", "refuse", "hang"]:
+        """What an SSH connection to the Proxmox host does right now."""
+        with self._lock:
+            if "network_partition" in self._flags:
+                return "hang"
+            return "refuse" if "pve_unreachable" in self._flags else "ok"
+
+    async def pve_exec(self, command: str) -> ExecResult:
+        """Run the forced command with ``command`` as the client's requested command."""
+        return await pve.run(self, command)
+
+    def host_view(self) -> HostView:
+        """A consistent snapshot of what the host sees (used by the forced command)."""
+        with self._lock:
+            now = self.clock()
+            return HostView(
+                vmid=self.vmid, now=now, power=self._power,
+                booting=self._vm_state(now) == "booting", faults=frozenset(self._faults(now)),
+                qemu_pid=self._qemu_pid, qemu_started=self._qemu_started,
+                qmp_timeout_seconds=self.timing.qmp_timeout_seconds,
+                disk_ops=(48_211 + len(self.guest.journal) * 7, 91_804 + len(self.guest.journal) * 3),
+            )
+
+    def record_verb(self, verb: str) -> None:
+        """Count one accepted (or, as "rejected", refused) forced-command request."""
+        with self._lock:
+            self.verb_counts[verb] += 1
+
+    def record_power(self, verb: str, ok: bool) -> None:
+        """Append one accepted power verb to the ground-truth log."""
+        with self._lock:
+            self.power_log.append({"verb": verb, "at": self.clock(), "ok": ok})
+
+    def power_reset(self) -> tuple[bool, str]:
+        """Hard reset: the guest reboots in the same QEMU process."""
+        with self._lock:
+            now = self.clock()
+            if self._power == "stopped":
+                return False, f"VM {self.vmid} not running"
+            self._flags.discard("guest_hang")
+            self.guest.power_off(now)
+            self.guest.boot(now)
+            if self._power == "paused":
+                # QEMU resets a paused VM's CPUs but leaves it paused.
+                return True, f"VM {self.vmid} reset (still paused: io-error)"
+            self._booting_until = now + self.timing.boot_seconds
+            return True, f"VM {self.vmid} reset"
+
+    def power_stop_begin(self) -> tuple[bool, str]:
+        """Check a stop can start; the caller waits stop_seconds, then calls power_stop_end."""
+        with self._lock:
+            if self._power == "stopped":
+                return False, f"VM {self.vmid} not running"
+            return True, ""
+
+    def power_stop_end(self) -> str:
+        """QEMU is gone: the VM is off."""
+        with self._lock:
+            self._power_off(self.clock())
+            return f"VM {self.vmid} stopped"
+
+    def power_start(self) -> tuple[bool, str]:
+        """Start QEMU and boot the guest."""
+        with self._lock:
+            now = self.clock()
+            if self._power != "stopped":
+                return False, f"VM {self.vmid} already running"
+            self._new_qemu(now)
+            self.guest.boot(now)
+            self._power = "running"
+            self._booting_until = now + self.timing.boot_seconds
+            return True, f"VM {self.vmid} started"
+
+    # ---- internals -----------------------------------------------------------------
+
+    def _new_qemu(self, now: float) -> None:
+        self._qemu_pid = 4242 + int(now) % 50_000 + len(self.power_log) * 7
+        self._qemu_started = now
+
+    def _power_off(self, now: float) -> None:
+        if self._power != "stopped":
+            self.guest.power_off(now)
+        self._power = "stopped"
+        self._booting_until = 0.0
+        self._qemu_pid = None
+        # The QEMU process (and with it a stalled I/O path or a pause) is gone.
+        self._flags -= {"io_stall", "guest_hang"}
+
+    def _vm_state(self, now: float) -> Literal["running", "stopped", "booting", "paused"]:
+        if self._power == "running" and now < self._booting_until:
+            return "booting"
+        return self._power
+
+    def _faults(self, now: float) -> set[str]:
+        g = self.guest
+        faults = set(self._flags)
+        if self._power == "stopped":
+            faults.add("vm_stopped")
+        else:
+            if self._power == "paused":
+                faults.add("vm_paused")
+            if g.units["postgresql.service"].active != "active":
+                faults.add("unit_failed")
+            if g.units["ssh.service"].active != "active":
+                faults.add("sshd_dead")
+            if g.hog() is not None:
+                faults.add("memory_hog")
+            if g.spiking(now):
+                faults.add("load_spike")
+        if g.used_bytes() >= _DISK_FULL_RATIO * catalog.ROOT_BLOCKS_KB * 1024:
+            faults.add("disk_full")
+        return faults
