@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import importlib.machinery
 import importlib.util
@@ -157,6 +158,44 @@ def test_status_prints_the_shared_fixtures_shape_and_the_watchdog_parses_both_al
     for field in ("vm_status", "qmp_ok", "qmp_status", "guest_agent_ok"):
         assert getattr(ours, field) == getattr(theirs, field), field
     assert (ours.uptime_seconds is None) == (theirs.uptime_seconds is None)
+
+
+@pytest.mark.parametrize(
+    ("fault", "fixture_name"),
+    [
+        (None, "status_running.json"),
+        ("vm_stopped", "status_stopped.json"),
+        ("vm_paused", "status_paused.json"),
+        ("io_stall", "status_io_stall.json"),
+    ],
+)
+def test_the_simulated_host_prints_the_same_shape_as_the_real_script(
+    fault: str | None, fixture_name: str
+) -> None:
+    # The simulator stands in for this script in every other test; it must speak alike.
+    from breakglass.remote import parse_status
+    from breakglass.sim.vm import SimTiming, SimVM
+
+    vm = SimVM(SimTiming.profile("test"))
+    if fault:
+        vm.inject(fault)
+    result = asyncio.run(vm.pve_exec("status"))
+    assert result.exit_status == 0, result.stderr
+    want = fixture(fixture_name)
+    assert_same_shape(json.loads(result.stdout), want)
+    ours, theirs = parse_status(result.stdout), parse_status(json.dumps(want))
+    for field in ("vm_status", "qmp_ok", "qmp_status", "guest_agent_ok"):
+        assert getattr(ours, field) == getattr(theirs, field), field
+
+
+def test_the_simulated_forensics_and_power_verbs_match_the_fixtures() -> None:
+    from breakglass.sim.vm import SimTiming, SimVM
+
+    vm = SimVM(SimTiming.profile("test"))
+    forensics = asyncio.run(vm.pve_exec("forensics"))
+    assert_same_shape(json.loads(forensics.stdout), fixture("forensics_running.json"))
+    cycled = asyncio.run(vm.pve_exec("cycle"))
+    assert_same_shape(json.loads(cycled.stdout), fixture("verb_cycle.json"))
 
 
 def test_status_of_a_running_vm_reads_qm_status_verbose(host: Host) -> None:
