@@ -105,21 +105,21 @@ class Guest:
     # ---- life cycle -------------------------------------------------------------
 
     @classmethod
-    def healthy(cls, now: float, uptime: float = 191_412.0) -> Guest:
-        """A devvm that booted ``uptime`` seconds ago and has nothing wrong."""
+    def healthy(cls, now: float, uptime: float = 191_412.0, boot_id: str | None = None) -> Guest:
+        """A devvm that booted ``uptime`` seconds ago (as boot ``boot_id``) with nothing wrong."""
         g = cls(now=now)
         g.disk = dict(c.BASE_DISK)
         target = int(c.ROOT_BLOCKS_KB * 1024 * 0.405)
         journal = JOURNAL_FILE + sum(s for _, s in _JOURNAL_ACTIVE)
         g.disk["/usr"] = target - sum(g.disk.values()) - journal
         g.journal_archived = [(_archived_name(1, now - 6 * 86_400), now - 6 * 86_400, JOURNAL_FILE)]
-        g.boot(now - uptime)
+        g.boot(now - uptime, boot_id)
         return g
 
-    def boot(self, at: float) -> None:
+    def boot(self, at: float, boot_id: str | None = None) -> None:
         """Start the guest: fresh kernel log, processes and units, as after power-on."""
         self.boot_at = at
-        self.boot_id = uuid.uuid4().hex
+        self.boot_id = boot_id or uuid.uuid4().hex
         self.procs.clear()
         self.units = {spec.name: Unit(spec) for spec in c.UNITS}
         self.next_pid = 1

@@ -135,7 +135,9 @@ class SimVM:
             now = self.clock()
             running = self._power == "running" and now >= self._booting_until
             uptime = now - self.guest.boot_at if running else 0.0
-            self.guest = Guest.healthy(now, uptime=uptime)
+            # A running VM keeps its boot: sessions that waited out a stall carry on.
+            self.guest = Guest.healthy(now, uptime=uptime,
+                                       boot_id=self.guest.boot_id if running else None)
             self._flags.clear()
             self._booting_until = 0.0
             if self._power != "running" or self._qemu_pid is None:
