@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -50,14 +51,8 @@ class Host:
         self.log_dir = root / "log"
         self.record = root / "qm-calls.jsonl"
 
-    def run(
-        self,
-        command: str | None,
-        *,
-        scenario: str = "running",
-        args: tuple[str, ...] = ("102",),
-    ) -> subprocess.CompletedProcess[str]:
-        """Run the forced command as sshd would, with SSH_ORIGINAL_COMMAND set to command."""
+    def env(self, command: str | None, scenario: str = "running") -> dict[str, str]:
+        """The environment sshd would give the forced command, plus the fake's settings."""
         env = {
             "PATH": f"{self.bin}:/usr/bin:/bin",
             "BREAKGLASS_VERBS_LOG_DIR": str(self.log_dir),
@@ -68,9 +63,19 @@ class Host:
         }
         if command is not None:
             env["SSH_ORIGINAL_COMMAND"] = command
+        return env
+
+    def run(
+        self,
+        command: str | None,
+        *,
+        scenario: str = "running",
+        args: tuple[str, ...] = ("102",),
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the forced command as sshd would, with SSH_ORIGINAL_COMMAND set to command."""
         return subprocess.run(
             [sys.executable, "-I", str(SCRIPT), *args],
-            env=env,
+            env=self.env(command, scenario),
             capture_output=True,
             text=True,
             timeout=30,
@@ -318,6 +323,28 @@ def test_cycle_does_not_start_when_the_stop_failed(host: Host, tmp_path: Path) -
     assert [a for a in host.argvs() if a[0] in ("stop", "start")] == [
         ["stop", "102", "--timeout", "60"]
     ]
+
+
+def test_a_client_that_hangs_up_mid_cycle_still_gets_the_vm_started(host: Host) -> None:
+    env = {**host.env("cycle"), "FAKE_QM_STOP_SECONDS": "0.5"}
+    proc = subprocess.Popen(
+        [sys.executable, "-I", str(SCRIPT), "102"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 10
+    while not any(a[0] == "stop" for a in host.argvs()):
+        assert time.monotonic() < deadline, "qm stop was never called"
+        time.sleep(0.02)
+    # What sshd does when the client goes away: hang up, and the pipe's reader is gone.
+    proc.send_signal(signal.SIGHUP)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    assert proc.wait(timeout=10) == 0
+    assert proc.stderr is not None
+    assert "Traceback" not in proc.stderr.read().decode()
+    proc.stderr.close()
+    assert [a[0] for a in host.argvs() if a[0] in ("stop", "start")] == ["stop", "start"]
+    assert host.log()[-1]["ok"] is True
 
 
 def test_start_on_a_running_vm_reports_qms_refusal(host: Host) -> None:
