@@ -298,7 +298,9 @@ class DevvmShell:
         try:
             yield DevvmSession(conn, self)
         finally:
-            conn.abort()
+            # A graceful close when all went well; DevvmSession already aborted
+            # the connection if a command hung.
+            conn.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.wait_closed(), self.connect_timeout)
 
@@ -317,6 +319,12 @@ class DevvmShell:
                 f"{_endpoint_label(self.endpoint)}: logged in but `true` did not finish "
                 f"within {self.connect_timeout:g}s",
                 kind="timeout",
+            )
+        if result.exit_status != 0:
+            raise RemoteError(
+                f"{_endpoint_label(self.endpoint)}: logged in but `true` exited "
+                f"{result.exit_status}: {result.stderr.strip()[:200]}",
+                kind="protocol",
             )
         return time.monotonic() - started
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+import math
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import asyncssh
 import pytest
 
-from breakglass.watchdog.probes import Readings, format_table, readings_from_output
+from breakglass.watchdog.probes import Readings, format_table, probe_target, readings_from_output
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -105,3 +112,164 @@ def test_the_table_shows_one_aligned_row_per_target():
     vm_col = table[0].index("VM ")
     assert table[1][vm_col:].startswith("running")
     assert table[2][vm_col:].startswith("stopped")
+
+
+# ---- over real SSH, against the simulator -------------------------------------------------
+
+MARGIN = 0.5  # scheduling slack on a loaded 2-core machine
+READING_KEYS = {f.name for f in dataclasses.fields(Readings)}
+
+
+def probe(sim) -> tuple[Readings, float]:
+    started = time.monotonic()
+    r = asyncio.run(probe_target(sim.config.targets[0], sim.config.probe))
+    return r, time.monotonic() - started
+
+
+def breakglass_probe(sim, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "breakglass.cli", "probe", "-c", str(sim.config_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_healthy_vm_gives_complete_readings(sim):
+    r, _ = probe(sim)
+    assert r.target == sim.config.targets[0].name
+    assert r.ssh_ok, r.ssh_error
+    assert r.ssh_error is None
+    assert 0 < r.ssh_login_seconds < sim.config.probe.connect_timeout_seconds
+    assert r.ncpu >= 1
+    assert r.load1 is not None
+    assert r.load15 is not None
+    assert 0 < r.mem_available_bytes < r.mem_total_bytes
+    assert r.swap_total_bytes is not None
+    assert r.swap_used_bytes is not None
+    assert 0 < r.disk_used_ratio < 0.98
+    assert r.failed_units == ()
+    assert (r.pve_ok, r.vm_status, r.qmp_ok, r.qmp_status, r.guest_agent_ok) == (
+        True,
+        "running",
+        True,
+        "running",
+        True,
+    )
+    assert r.uptime_seconds is not None
+    d = r.to_dict()
+    assert set(d) == READING_KEYS
+    assert Readings.from_dict(json.loads(json.dumps(d))) == r
+
+
+def test_an_io_stall_reports_the_ssh_failure_within_the_connect_timeout(sim):
+    sim.inject("io_stall")
+    r, elapsed = probe(sim)
+    settings = sim.config.probe
+    assert not r.ssh_ok
+    assert r.ssh_error == "timeout"
+    assert not r.ssh_refused
+    assert r.ssh_login_seconds is None
+    assert r.load1 is None
+    assert r.failed_units is None
+    # The host side still answers: QEMU is wedged, the guest agent silent.
+    assert (r.pve_ok, r.vm_status, r.qmp_ok, r.guest_agent_ok) == (True, "running", False, False)
+    assert elapsed < settings.connect_timeout_seconds + MARGIN
+    assert elapsed < settings.round_timeout_seconds
+    assert r.duration_seconds <= elapsed
+
+
+def test_a_stopped_vm_is_refused_and_reported_stopped(sim):
+    sim.inject("vm_stopped")
+    r, elapsed = probe(sim)
+    assert (r.ssh_ok, r.ssh_refused, r.ssh_error) == (False, True, "refused")
+    assert (r.pve_ok, r.vm_status, r.qmp_ok, r.guest_agent_ok) == (True, "stopped", False, False)
+    assert elapsed < sim.config.probe.connect_timeout_seconds
+
+
+def test_a_network_partition_fails_both_sides_within_the_round(sim):
+    sim.inject("network_partition")
+    r, elapsed = probe(sim)
+    assert (r.ssh_ok, r.pve_ok) == (False, False)
+    assert r.ssh_error == "timeout"
+    assert r.pve_error == "timeout"
+    assert r.vm_status is None
+    assert elapsed < sim.config.probe.connect_timeout_seconds + MARGIN
+
+
+def test_an_unreachable_proxmox_host_leaves_the_guest_readings_intact(sim):
+    sim.inject("pve_unreachable")
+    r, _ = probe(sim)
+    assert r.ssh_ok
+    assert r.ncpu is not None
+    assert (r.pve_ok, r.pve_error, r.vm_status, r.qmp_ok) == (False, "refused", None, None)
+
+
+def test_a_changed_guest_host_key_is_a_failed_reading_not_an_exception(sim, tmp_path):
+    target = sim.config.targets[0]
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+    known = tmp_path / "known_hosts.changed"
+    known.write_text(f"[{target.devvm.host}]:{target.devvm.port} {other}\n")
+    target = target.model_copy(
+        update={"devvm": target.devvm.model_copy(update={"known_hosts": known})}
+    )
+    r = asyncio.run(probe_target(target, sim.config.probe))
+    assert not r.ssh_ok
+    assert r.ssh_error.startswith("host key mismatch")
+    assert r.pve_ok
+
+
+def test_a_failed_unit_shows_in_the_readings(sim):
+    sim.inject("unit_failed")
+    r, _ = probe(sim)
+    assert r.ssh_ok
+    assert r.failed_units
+    assert all(u.endswith(".service") for u in r.failed_units)
+
+
+def test_a_full_disk_shows_in_the_readings(sim):
+    sim.inject("disk_full")
+    r, _ = probe(sim)
+    # df shows 99%+ (it rounds up); the exact ratio must still cross the rule's threshold.
+    assert r.disk_used_ratio >= sim.config.rules.disk_used_ratio
+    assert math.ceil(r.disk_used_ratio * 100) >= 99
+
+
+def test_a_memory_hog_shows_as_little_memory_and_full_swap(sim):
+    sim.inject("memory_hog")
+    r, _ = probe(sim)
+    assert r.ssh_ok
+    assert r.mem_available_bytes / r.mem_total_bytes < 0.03
+    assert r.swap_used_bytes / r.swap_total_bytes > 0.9
+
+
+def test_the_probe_cli_prints_json_readings(sim):
+    done = breakglass_probe(sim, "--json")
+    assert done.returncode == 0, done.stderr
+    (entry,) = json.loads(done.stdout)
+    assert set(entry) == READING_KEYS
+    assert entry["ssh_ok"] is True
+    assert entry["vm_status"] == "running"
+    assert entry["failed_units"] == []
+
+
+def test_the_probe_cli_prints_a_table_by_default(sim):
+    done = breakglass_probe(sim)
+    assert done.returncode == 0, done.stderr
+    header, row = done.stdout.splitlines()
+    assert header.split()[:2] == ["TARGET", "SSH"]
+    assert row.startswith(sim.config.targets[0].name)
+    assert "running" in row
+
+
+def test_the_probe_cli_reports_a_stalled_vm_in_time(sim):
+    sim.inject("io_stall")
+    started = time.monotonic()
+    done = breakglass_probe(sim, "--json")
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    (entry,) = json.loads(done.stdout)
+    assert (entry["ssh_ok"], entry["ssh_error"]) == (False, "timeout")
+    # Interpreter start-up is the rest of the budget.
+    assert elapsed < sim.config.probe.round_timeout_seconds + 3

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
+import time
 
+import asyncssh
 import pytest
 
 from breakglass.config import SshEndpoint
 from breakglass.remote import (
     POWER_VERBS,
     CommandResult,
+    DevvmShell,
+    HostKeyError,
     PveClient,
     RemoteError,
     Verb,
@@ -161,3 +166,196 @@ def test_bad_status_output_raises_naming_what_is_missing(text, names):
         parse_status(text)
     assert info.value.kind == "bad_output"
     assert not info.value.permanent
+
+
+# ---- over real SSH, against the simulator -------------------------------------------------
+
+MARGIN = 0.5  # scheduling slack on a loaded 2-core machine
+
+
+def wait_until(predicate, *, timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def shell(ep: SshEndpoint, **kw) -> DevvmShell:
+    opts = {"connect_timeout": 1.0, "command_timeout": 2.0, **kw}
+    return DevvmShell(ep, **opts)
+
+
+def pve_client(ep: SshEndpoint, **kw) -> PveClient:
+    opts = {"connect_timeout": 1.0, "command_timeout": 2.0, **kw}
+    return PveClient(ep, **opts)
+
+
+def open_devvm_connections(sim) -> int:
+    # The simulated sshd's own list of live connections: the ground truth for "closed".
+    return sim.call(lambda: len(sim.server._devvm._conns))
+
+
+def with_known_hosts(ep: SshEndpoint, path) -> SshEndpoint:
+    return ep.model_copy(update={"known_hosts": path})
+
+
+def pin_another_key(ep: SshEndpoint, tmp_path) -> SshEndpoint:
+    """A known_hosts that pins a different key for the same host and port."""
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+    path = tmp_path / "known_hosts.changed"
+    path.write_text(f"[{ep.host}]:{ep.port} {other}\n")
+    return with_known_hosts(ep, path)
+
+
+def test_it_runs_a_command_on_the_guest_and_returns_its_output(sim):
+    result = asyncio.run(shell(sim.config.targets[0].devvm).run("nproc"))
+    assert result.ok
+    assert result.stdout.strip().isdigit()
+    assert not result.truncated
+    assert result.duration_seconds < 2
+
+
+def test_it_reports_a_failing_command_by_its_exit_status(sim):
+    result = asyncio.run(shell(sim.config.targets[0].devvm).run("no-such-tool --now"))
+    assert result.exit_status == 127
+    assert "command not found" in result.stderr
+    assert not result.ok
+
+
+def test_login_measures_connect_authenticate_and_true(sim):
+    seconds = asyncio.run(shell(sim.config.targets[0].devvm).login())
+    assert 0 < seconds < 1.0
+
+
+def test_it_refuses_a_changed_host_key(sim, tmp_path):
+    ep = pin_another_key(sim.config.targets[0].devvm, tmp_path)
+    with pytest.raises(HostKeyError, match="not the pinned key") as info:
+        asyncio.run(shell(ep).run("true"))
+    assert info.value.permanent
+    assert info.value.kind == "host_key"
+    assert f"port {ep.port}" in str(info.value)
+    assert "changed" in info.value.short
+
+
+def test_it_refuses_an_unknown_host_key(sim, tmp_path):
+    empty = tmp_path / "known_hosts.empty"
+    empty.write_text("")
+    ep = with_known_hosts(sim.config.targets[0].devvm, empty)
+    with pytest.raises(HostKeyError, match="unknown: no key pinned"):
+        asyncio.run(shell(ep).run("true"))
+
+
+def test_the_pve_client_sends_nothing_to_a_host_with_a_changed_key(sim, tmp_path):
+    ep = pin_another_key(sim.config.targets[0].pve, tmp_path)
+    with pytest.raises(HostKeyError):
+        asyncio.run(pve_client(ep).run(Verb.STATUS))
+    assert sim.state()["verb_counts"].get("status", 0) == 0
+
+
+def test_a_stopped_vm_refuses_the_connection_as_a_transient_error(sim):
+    sim.inject("vm_stopped")
+    with pytest.raises(RemoteError) as info:
+        asyncio.run(shell(sim.config.targets[0].devvm).run("true"))
+    assert info.value.kind == "refused"
+    assert not info.value.permanent
+    assert info.value.short == "refused"
+
+
+def test_a_login_that_never_gets_a_banner_times_out_at_the_connect_timeout(sim):
+    sim.inject("io_stall")
+    started = time.monotonic()
+    with pytest.raises(RemoteError) as info:
+        asyncio.run(shell(sim.config.targets[0].devvm, connect_timeout=0.5).run("true"))
+    elapsed = time.monotonic() - started
+    assert info.value.kind == "timeout"
+    assert 0.45 <= elapsed < 0.5 + MARGIN
+
+
+def test_a_hung_command_times_out_and_its_connection_is_closed(sim):
+    ep = sim.config.targets[0].devvm
+
+    async def main() -> tuple[CommandResult, float]:
+        async with shell(ep).session() as s:
+            assert (await s.run("true")).ok
+            assert open_devvm_connections(sim) == 1
+            sim.inject("io_stall")  # the guest wedges with our session open
+            started = time.monotonic()
+            hung = await s.run("uptime", timeout=0.3)
+            elapsed = time.monotonic() - started
+            with pytest.raises(RemoteError, match="session closed"):
+                await s.run("uptime")
+        return hung, elapsed
+
+    hung, elapsed = asyncio.run(main())
+    assert hung.timed_out
+    assert hung.exit_status is None
+    assert not hung.ok
+    assert 0.3 <= elapsed < 0.3 + MARGIN
+    wait_until(lambda: open_devvm_connections(sim) == 0, what="the sshd to see the connection go")
+
+
+def test_a_one_shot_run_closes_its_connection(sim):
+    result = asyncio.run(shell(sim.config.targets[0].devvm).run("uptime"))
+    assert result.ok
+    wait_until(lambda: open_devvm_connections(sim) == 0, what="the connection to close")
+
+
+def test_big_output_is_capped_with_a_visible_marker(sim):
+    # `ps aux` on the simulated guest prints several KiB.
+    result = asyncio.run(shell(sim.config.targets[0].devvm, output_cap=1024).run("sudo ps aux"))
+    assert result.ok
+    assert result.truncated
+    assert result.stdout.startswith("USER ")
+    kept, marker = result.stdout.rsplit("\n[... output truncated: ", 1)
+    assert len(kept.encode()) == 1024
+    assert re.fullmatch(r"\d+ bytes dropped \.\.\.\]", marker)
+    assert int(marker.split()[0]) > 0
+
+
+def test_the_pve_client_reads_the_status_of_a_running_vm(sim):
+    st = asyncio.run(pve_client(sim.config.targets[0].pve).status())
+    assert (st.vm_status, st.qmp_ok, st.qmp_status, st.guest_agent_ok) == (
+        "running",
+        True,
+        "running",
+        True,
+    )
+    assert st.raw["vmid"] == sim.config.targets[0].vmid
+    assert sim.state()["verb_counts"]["status"] == 1
+
+
+def test_the_pve_client_reads_a_stopped_vm(sim):
+    sim.inject("vm_stopped")
+    st = asyncio.run(pve_client(sim.config.targets[0].pve).status())
+    assert (st.vm_status, st.qmp_ok, st.guest_agent_ok) == ("stopped", False, False)
+
+
+def test_the_pve_client_fetches_forensics(sim):
+    data = asyncio.run(pve_client(sim.config.targets[0].pve).forensics())
+    assert data["status"] == "running"
+    assert {"config", "blockstats", "qmp_raw"} <= data.keys()
+
+
+def test_a_power_verb_reaches_the_host_and_is_logged_there(sim):
+    result = asyncio.run(pve_client(sim.config.targets[0].pve).run(Verb.RESET))
+    assert result.ok
+    assert json.loads(result.stdout)["verb"] == "reset"
+    assert [e["verb"] for e in sim.state()["power_log"]] == ["reset"]
+
+
+@pytest.mark.parametrize("bad", BAD_VERBS)
+def test_no_bad_verb_ever_reaches_the_simulated_host(bad, sim):
+    client = pve_client(sim.config.targets[0].pve)
+    with pytest.raises(ValueError, match="not a Proxmox verb"):
+        asyncio.run(client.run(bad))
+    state = sim.state()
+    assert state["verb_counts"] == {}
+    assert state["power_log"] == []
+
+
+def test_an_unreachable_host_is_a_transient_remote_error_not_a_hang(sim):
+    sim.inject("pve_unreachable")
+    with pytest.raises(RemoteError) as info:
+        asyncio.run(pve_client(sim.config.targets[0].pve).status())
+    assert info.value.kind == "refused"

@@ -138,6 +138,10 @@ async def _devvm_side(target: Target, settings: ProbeSettings) -> dict[str, Any]
             if login.timed_out:
                 out["ssh_error"] = f"timeout: `true` took over {settings.connect_timeout_seconds:g}s"
                 return out
+            if not login.ok:
+                # Logged in, but the guest cannot run even `true`: not a working SSH.
+                out["ssh_error"] = f"protocol: `true` exited {login.exit_status}"
+                return out
             out["ssh_login_seconds"] = time.monotonic() - started
             result = await s.run(parse.PROBE_COMMAND)
     except RemoteError as exc:
