@@ -36,6 +36,7 @@ VOLUME ["/var/lib/breakglass"]
 USER 10001:10001
 EXPOSE 8787
 # slim has no curl: ask /healthz with the interpreter that is already here.
+# 8787 is web.port in the shipped configs; change both together.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8787/healthz', timeout=4).status == 200 else 1)"]
 ENTRYPOINT ["breakglass"]
