@@ -269,6 +269,100 @@ def _dmesg(ctx: Ctx, args: list[str], stdin: str) -> Out:
     return "\n".join(lines) + "\n", "", 0
 
 
+def comm(command: str) -> str:
+    """The kernel's short name of a process (what pgrep and top match and show)."""
+    if command.startswith("["):
+        return command.strip("[]").split("/")[0][:15]
+    first = command.split()[0] if command.split() else command
+    return first.rstrip(":").rsplit("/", 1)[-1].lstrip("-")[:15]
+
+
+def _pgrep(ctx: Ctx, args: list[str], stdin: str) -> Out:
+    full = listing = with_cmd = False
+    user: str | None = None
+    patterns: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "-u" and i + 1 < len(args):
+            user = args[i + 1]
+            i += 1
+        elif a.startswith("-") and len(a) > 1:
+            full |= "f" in a
+            listing |= "l" in a
+            with_cmd |= "a" in a
+        else:
+            patterns.append(a)
+        i += 1
+    if len(patterns) != 1:
+        return "", "pgrep: no matching criteria specified\nTry `pgrep --help' for more information.\n", 2
+    import re
+
+    try:
+        regex = re.compile(patterns[0])
+    except re.error:
+        return "", f"pgrep: cannot compile regular expression '{patterns[0]}'\n", 2
+    hits = [p for p in ctx.guest.processes(ctx.now)
+            if regex.search(p.command if full else comm(p.command))
+            and (user is None or p.user == user)]
+    lines = [f"{p.pid} {p.command}" if with_cmd else f"{p.pid} {comm(p.command)}" if listing
+             else str(p.pid) for p in hits]
+    return "".join(line + "\n" for line in lines), "", 0 if hits else 1
+
+
+def _pidof(ctx: Ctx, args: list[str], stdin: str) -> Out:
+    names = {a for a in args if not a.startswith("-")}
+    pids = [str(p.pid) for p in reversed(ctx.guest.processes(ctx.now))
+            if comm(p.command) in names or p.command.split()[0] in names]
+    return (" ".join(pids) + "\n" if pids else ""), "", 0 if pids else 1
+
+
+def _k(kb: int, width: int) -> str:
+    if len(str(kb)) <= width:
+        return str(kb)
+    return f"{kb / 1024 / 1024:.1f}g"
+
+
+def _top(ctx: Ctx, args: list[str], stdin: str) -> Out:
+    if "-b" not in args and not any(a.startswith("-b") for a in args):
+        return "", "top: failed tty get\n", 1
+    g = ctx.guest
+    procs = g.processes(ctx.now)
+    m = g.meminfo(ctx.now)
+    up = virtual_file(ctx, "/proc/loadavg") or ""
+    running = int(up.split()[3].split("/")[0]) if up else 1
+    head = _uptime(ctx, [], "")[0].strip()
+    if g.spiking(ctx.now):
+        cpu = (97.6, 2.2, 0.0, 0.0, 0.2)
+    elif g.hog() is not None:
+        cpu = (10.3, 23.1, 7.2, 58.9, 0.5)
+    else:
+        cpu = (2.1, 0.7, 96.9, 0.2, 0.1)
+    lines = [
+        f"top - {head.split(' up ')[0].strip()} up {head.split(' up ', 1)[1]}",
+        f"Tasks: {len(procs) + 140:3d} total, {running:3d} running, {len(procs) + 140 - running:3d} "
+        "sleeping,   0 stopped,   0 zombie",
+        f"%Cpu(s): {cpu[0]:4.1f} us, {cpu[1]:4.1f} sy,  0.0 ni, {cpu[2]:4.1f} id, {cpu[3]:4.1f} wa,"
+        f"  0.0 hi, {cpu[4]:4.1f} si,  0.0 st",
+        f"MiB Mem : {m.total / 1024:8.1f} total, {m.free / 1024:8.1f} free, "
+        f"{(m.total - m.available) / 1024:8.1f} used, "
+        f"{(m.buffers + m.cached + m.sreclaimable) / 1024:8.1f} buff/cache",
+        f"MiB Swap: {m.swap_total / 1024:8.1f} total, {m.swap_free / 1024:8.1f} free, "
+        f"{(m.swap_total - m.swap_free) / 1024:8.1f} used. {m.available / 1024:8.1f} avail Mem",
+        "",
+        "    PID USER      PR  NI    VIRT    RES    SHR S  %CPU  %MEM     TIME+ COMMAND",
+    ]
+    for p in sorted(procs, key=lambda p: (-p.cpu_pct, p.pid)):
+        secs = p.cpu_pct / 100 * (ctx.now - p.started)
+        lines.append(
+            f"{p.pid:>7} {_user(p.user):<8}  20   0 {_k(p.vsz_kb, 7):>7} {_k(p.rss_kb, 6):>6} "
+            f"{min(p.rss_kb, 9_812) if p.rss_kb else 0:>6} {p.stat[0]} {p.cpu_pct:5.1f} "
+            f"{p.rss_kb * 100 / c.MEM_TOTAL_KB:5.1f} {f'{int(secs // 60)}:{secs % 60:05.2f}':>9} "
+            f"{comm(p.command)}")
+    return "\n".join(lines) + "\n", "", 0
+
+
 COMMANDS: dict[str, Command] = {
+    "pgrep": _pgrep, "pidof": _pidof, "top": _top,
     "uptime": _uptime, "free": _free, "ps": _ps, "kill": _kill, "swapon": _swapon, "dmesg": _dmesg,
 }

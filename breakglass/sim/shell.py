@@ -55,9 +55,15 @@ def split_line(line: str) -> list[tuple[str, str]]:
     buf: list[str] = []
     op_before = ""
     quote = ""
+    depth = 0  # inside $( ... ), operators belong to the inner command
     i = 0
     while i < len(line):
         ch = line[i]
+        if depth and not quote:
+            if line.startswith("$(", i):
+                depth += 1
+            elif ch == ")":
+                depth -= 1
         if quote:
             buf.append(ch)
             if ch == quote:
@@ -65,6 +71,15 @@ def split_line(line: str) -> list[tuple[str, str]]:
             elif ch == "\\" and quote == '"' and i + 1 < len(line):
                 buf.append(line[i + 1])
                 i += 1
+            i += 1
+            continue
+        if line.startswith("$(", i) and quote != "'" and not depth:
+            depth = 1
+            buf.append("$(")
+            i += 2
+            continue
+        if depth and not quote and ch not in "'\"":
+            buf.append(ch)
             i += 1
             continue
         if ch in "'\"":
@@ -93,8 +108,8 @@ def split_line(line: str) -> list[tuple[str, str]]:
             continue
         buf.append(ch)
         i += 1
-    if quote:
-        raise ShellSyntaxError(f"unexpected EOF while looking for matching `{quote}'")
+    if quote or depth:
+        raise ShellSyntaxError(f"unexpected EOF while looking for matching `{quote or ')'}'")
     text = "".join(buf).strip()
     if text:
         parts.append((op_before, text))
@@ -109,6 +124,7 @@ class Session:
     def __init__(self, guest: Guest, now: float) -> None:
         self.guest = guest
         self.now = now
+        self.status = 0
 
     def run(self, line: str) -> ExecResult:
         """Run a whole command line and return its combined result."""
@@ -132,6 +148,7 @@ class Session:
             else:
                 if pipeline and not skip:
                     o, e, status = self._pipeline(pipeline, root)
+                    self.status = status
                     outs.append(o)
                     errs.append(e)
                 if op == "&&":
@@ -143,6 +160,7 @@ class Session:
                 pipeline = [text]
         if pipeline and not skip:
             o, e, status = self._pipeline(pipeline, root)
+            self.status = status
             outs.append(o)
             errs.append(e)
         return "".join(outs), "".join(errs), status
@@ -158,6 +176,7 @@ class Session:
         return data, "".join(errs), status
 
     def _simple(self, text: str, stdin: str, root: bool) -> Out:
+        text, sub_err = self._expand(text, root)
         try:
             words = shlex.split(text)
         except ValueError as exc:
@@ -170,6 +189,7 @@ class Session:
         if bad:
             return "", f"bash: line 1: {bad}: Permission denied\n", 1
         out, err, code = self.call(words, stdin, root=root)
+        err = sub_err + err
         if redirect.get("merge"):
             out, err = out + err, ""
         if redirect.get("no_out"):
@@ -177,6 +197,39 @@ class Session:
         if redirect.get("no_err"):
             err = ""
         return out, err, code
+
+    def _expand(self, text: str, root: bool) -> tuple[str, str]:
+        """Expand ``$(...)``, ``$?`` and a few variables; single quotes protect."""
+        env = {"?": str(self.status), "HOME": "/root" if root else f"/home/{c.LOGIN_USER}",
+               "USER": "root" if root else c.LOGIN_USER, "HOSTNAME": c.HOSTNAME,
+               "PATH": "/usr/local/bin:/usr/bin:/bin"}
+        out: list[str] = []
+        errs: list[str] = []
+        quote = ""
+        i = 0
+        while i < len(text):
+            ch = text[i]
+            if ch in "'\"" and (not quote or quote == ch):
+                quote = "" if quote else ch
+            if quote != "'" and text.startswith("$(", i):
+                depth, j = 1, i + 2
+                while j < len(text) and depth:
+                    depth += {"(": 1, ")": -1}.get(text[j], 0)
+                    j += 1
+                o, e, _ = self.run_line(text[i + 2:j - 1], root=root)
+                errs.append(e)
+                o = o.rstrip("\n")
+                out.append(o if quote else " ".join(shlex.quote(w) for w in o.split()))
+                i = j
+                continue
+            m = re.match(r"\$(\?|\w+|\{\w+\})", text[i:]) if quote != "'" and ch == "$" else None
+            if m:
+                out.append(env.get(m[1].strip("{}"), ""))
+                i += len(m[0])
+                continue
+            out.append(ch)
+            i += 1
+        return "".join(out), "".join(errs)
 
     def call(self, words: list[str], stdin: str, *, root: bool, via_sudo: bool = False) -> Out:
         """Run one command given as words."""
