@@ -68,7 +68,11 @@ def redact_value(value: Any) -> Any:
         return [redact_value(v) for v in value]
     if isinstance(value, bytes):
         return redact_text(value.decode("utf-8", errors="replace"))
-    return value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    # Anything else (an exception, a Path, a model) would be rendered through its
+    # str or repr later, unmasked: render it now and mask the text.
+    return redact_text(str(value))
 
 
 def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
@@ -77,12 +81,14 @@ def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) 
 
 
 def _renderer(settings: LogSettings, stream: TextIO) -> Processor:
+    isatty = getattr(stream, "isatty", None)
+    tty = bool(isatty is not None and isatty())
     fmt = settings.format
     if fmt == "auto":
-        isatty = getattr(stream, "isatty", None)
-        fmt = "console" if isatty is not None and isatty() else "json"
+        fmt = "console" if tty else "json"
     if fmt == "console":
-        return structlog.dev.ConsoleRenderer(colors=False)
+        # Colour codes only where a terminal will interpret them.
+        return structlog.dev.ConsoleRenderer(colors=tty)
     return structlog.processors.JSONRenderer()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
+from pathlib import Path
 
 import pytest
 
@@ -92,6 +94,14 @@ def test_it_masks_key_material_inside_free_text(captured):
     assert "[redacted private key]" in second["content"]
 
 
+def test_it_masks_secrets_inside_objects_logged_as_values(captured):
+    get_logger("t").error("call failed", error=RuntimeError(f"bad key {API_KEY}"), path=Path("/x"))
+    assert_no_secret(captured.getvalue())
+    (entry,) = lines(captured)
+    assert entry["error"] == "bad key sk-ant-[redacted]"
+    assert entry["path"] == "/x"
+
+
 def test_it_masks_secrets_in_tracebacks(captured):
     try:
         raise RuntimeError(f"401 from API with key {API_KEY}")
@@ -134,7 +144,7 @@ def test_it_renders_for_humans_on_a_tty_and_still_masks():
     finally:
         root.handlers[:] = before[0]
         root.setLevel(before[1])
-    out = tty.getvalue()
+    out = re.sub(r"\x1b\[[0-9;]*m", "", tty.getvalue())  # drop colour codes
     assert "incident opened" in out
     assert "target=devvm" in out
     assert not out.lstrip().startswith("{")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -299,8 +300,10 @@ def probe_command(cfg: Config, *, as_json: bool) -> int:
     except Exception as exc:  # the CLI reports, it does not dump a traceback
         print(f"breakglass probe: unexpected failure: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    if as_json:
-        print(json.dumps([r.to_dict() for r in readings], indent=2))
-    else:
-        print(format_table(readings))
+    text = json.dumps([r.to_dict() for r in readings], indent=2) if as_json else format_table(readings)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # `breakglass probe | head` closed the pipe early: not an error of ours.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps interpreter exit quiet
     return 0
