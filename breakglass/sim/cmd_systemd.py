@@ -75,6 +75,34 @@ def _status(ctx: Ctx, unit: Unit) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _system_status(ctx: Ctx) -> str:
+    g = ctx.guest
+    failed = sum(1 for u in g.units.values() if u.active == "failed")
+    dot = "×" if failed else "●"
+    lines = [f"{dot} {c.HOSTNAME}",
+             f"    State: {'degraded' if failed else 'running'}",
+             "    Units: 236 loaded (incl. loaded aliases)",
+             "     Jobs: 0 queued",
+             f"   Failed: {failed} units",
+             f"    Since: {fmt.systemd_time(g.boot_at)}; {fmt.ago(ctx.now - g.boot_at)}",
+             "  systemd: 252.31-1~deb12u1",
+             "   CGroup: /",
+             "           ├─init.scope",
+             "           │ └─1 /sbin/init",
+             "           └─system.slice"]
+    active = sorted((u for u in g.units.values() if u.active == "active"),
+                    key=lambda u: u.spec.name)
+    procs = g.processes(ctx.now)
+    for i, u in enumerate(active):
+        last = i == len(active) - 1
+        lines.append(f"             {'└─' if last else '├─'}{u.spec.name}")
+        mine = [p for p in procs if p.unit == u.spec.name]
+        for j, p in enumerate(mine):
+            lines.append(f"             {'  ' if last else '│ '}"
+                         f"{'└─' if j == len(mine) - 1 else '├─'}{p.pid} {p.command}")
+    return "\n".join(lines) + "\n"
+
+
 def _list_units(ctx: Ctx, state: str | None, legend: bool, plain: bool, show_all: bool) -> str:
     units = [u for u in ctx.guest.units.values()
              if (show_all or u.active != "inactive")
@@ -115,11 +143,14 @@ def _systemctl(ctx: Ctx, args: list[str], stdin: str) -> Out:
     g = ctx.guest
     if verb == "list-units":
         return _list_units(ctx, state, legend, plain, show_all), "", 0
+    if verb == "is-system-running":
+        degraded = any(u.active == "failed" for u in g.units.values())
+        return ("" if quiet else ("degraded\n" if degraded else "running\n")), "", int(degraded)
     if verb in ("daemon-reload", "daemon-reexec"):
         return ("", "", 0) if ctx.root else ("", "Failed to reload daemon: Access denied\n", 1)
     if not names:
         if verb == "status":
-            return _list_units(ctx, None, legend, plain, False), "", 0
+            return _system_status(ctx), "", 0
         return "", "Too few arguments.\n" if verb in _PRIVILEGED or verb.startswith("is-") \
             else f"Unknown command verb {verb}.\n", 1
     if verb == "status":
@@ -265,6 +296,8 @@ def _option_values(args: list[str]) -> tuple[dict[str, list[str]], list[str]]:
                 i += 1
             else:
                 values.setdefault(key, []).append("")
+        elif a[:2] in takes and len(a) > 2 and (a[1] in "nb" or not a[2:].isalpha()):
+            values.setdefault(takes[a[:2]], []).append(a[2:])
         elif re.fullmatch(r"-[a-zA-Z]+", a):
             for j, ch in enumerate(a[1:]):
                 flag = f"-{ch}"

@@ -7,6 +7,7 @@ present always follow from one model.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -112,7 +113,7 @@ class Guest:
         target = int(c.ROOT_BLOCKS_KB * 1024 * 0.405)
         journal = JOURNAL_FILE + sum(s for _, s in _JOURNAL_ACTIVE)
         g.disk["/usr"] = target - sum(g.disk.values()) - journal
-        g.journal_archived = [(_archived_name(1, now - 6 * 86_400), now - 6 * 86_400, JOURNAL_FILE)]
+        g.journal_archived = [(archived_name(1, now - 6 * 86_400), now - 6 * 86_400, JOURNAL_FILE)]
         g.boot(now - uptime, boot_id)
         return g
 
@@ -168,7 +169,7 @@ class Guest:
         if name == c.HOG_UNIT:
             self.hog_swap_kb = int(c.SWAP_TOTAL_KB * 0.98) - _SWAP_BASE_KB
         if name == "postgresql.service":
-            self.log(at, "postgres", pids[0], _pg(at, pids[0], "LOG:  database system is ready "
+            self.log(at, "postgres", pids[0], pg_line(at, pids[0], "LOG:  database system is ready "
                                                                 "to accept connections"), name)
         self.log(at, "systemd", 1, f"Started {name} - {desc}.")
 
@@ -234,80 +235,6 @@ class Guest:
             unit.active, unit.sub, unit.main_pid, unit.since = "inactive", "dead", None, at
             return
         self.fail_unit(unit.spec.name, at, result="signal")
-
-    # ---- faults (called by SimVM.inject) ---------------------------------------------
-
-    def crash_postgres(self, at: float) -> None:
-        """postgresql.service dies after failing to get its shared memory back."""
-        unit = self.units["postgresql.service"]
-        if unit.active != "active":
-            return
-        pid = unit.main_pid or 0
-        self.log(at - 4, "postgres", pid, _pg(at - 4, pid, "LOG:  server process (PID 30412) was "
-                                                          "terminated by signal 9: Killed"), pri=4)
-        self.log(at - 4, "postgres", pid, _pg(at - 4, pid, "LOG:  terminating any other active "
-                                                          "server processes"))
-        self.log(at - 3, "postgres", pid, _pg(at - 3, pid, "LOG:  all server processes terminated; "
-                                                          "reinitializing"))
-        self.log(at - 3, "postgres", pid, _pg(at - 3, pid, "FATAL:  could not map anonymous shared "
-                                                          "memory: Cannot allocate memory"), pri=2)
-        self.log(at - 3, "postgres", pid, _pg(at - 3, pid, "HINT:  This error usually means that "
-                 "PostgreSQL's request for a shared memory segment exceeded available memory, swap "
-                 "space, or huge pages."))
-        self.log(at - 3, "postgres", pid, _pg(at - 3, pid, "LOG:  database system is shut down"))
-        for e in self.journal[-6:]:
-            e.unit = "postgresql.service"
-        self.fail_unit("postgresql.service", at - 3)
-
-    def kill_sshd(self, at: float) -> None:
-        """sshd is killed (the listener is gone; the port refuses)."""
-        if self.units["ssh.service"].active == "active":
-            self.fail_unit("ssh.service", at, result="signal")
-
-    def fill_disk(self, at: float, size_kb: int = c.ROOT_BLOCKS_KB) -> None:
-        """Journal, stale build artefacts and docker's build cache fill the root to ~99 %."""
-        first = len(self.journal_archived) + 1
-        for i in range(52):
-            ts = at - (52 - i) * 40_000
-            self.journal_archived.append((_archived_name(first + i, ts), ts, JOURNAL_FILE))
-        self.journal_archived.sort(key=lambda a: a[1])
-        self.gone.discard(c.CLEANUP_DIR)
-        for i in range(7):
-            self.disk[f"{c.CLEANUP_DIR}/build-{4711 + i}"] = 307 * c.MiB
-        target = int(size_kb * 1024 * 0.989)
-        self.disk["/var/lib/docker/buildkit"] = max(0, target - self.used_bytes())
-        for dt in (240, 120, 30):
-            self.kmsg(at - dt, "systemd-journald[312]: Failed to write entry (22 items, 6412 bytes), "
-                               "ignoring: No space left on device")
-            self.log(at - dt, "systemd-journald", 312, "Failed to rotate /var/log/journal/"
-                     f"{c.MACHINE_ID}/system.journal: No space left on device", pri=3)
-        pg = self.units["postgresql.service"].main_pid
-        if pg:
-            self.log(at - 20, "postgres", pg, _pg(at - 20, pg, 'ERROR:  could not extend file '
-                     '"base/16384/24576": No space left on device'), "postgresql.service", pri=3)
-
-    def start_hog(self, at: float) -> None:
-        """viktor's leaking batch job runs; memory and swap fill; the OOM killer fires."""
-        self.start_unit(c.HOG_UNIT, at - 900)
-        self.kmsg(at - 60, "python3 invoked oom-killer: gfp_mask=0x140cca(GFP_HIGHUSER_MOVABLE|"
-                           "__GFP_COMP), order=0, oom_score_adj=0")
-        self.kmsg(at - 60, "Out of memory: Killed process 1873 (node) total-vm:2214120kB, "
-                           "anon-rss:604312kB, file-rss:0kB, shmem-rss:0kB, UID:1000 pgtables:2140kB "
-                           "oom_score_adj:200")
-
-    def stall_messages(self, at: float) -> None:
-        """Hung-task reports that appear as the disk stops answering."""
-        for task, pid in (("jbd2/sda1-8", 245), ("postgres", self.units["postgresql.service"]
-                                                 .main_pid or 1102)):
-            self.kmsg(at, f"INFO: task {task}:{pid} blocked for more than 120 seconds.")
-            self.kmsg(at, f"      Not tainted {c.KERNEL} {c.KERNEL_BUILD.split(' (')[0]}")
-            self.kmsg(at, '"echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message.')
-            self.kmsg(at, f"task:{task:<15} state:D stack:0     pid:{pid:<5} ppid:2      "
-                          "flags:0x00004000")
-
-    def soft_lockup(self, at: float) -> None:
-        """A guest hang leaves a soft-lockup report nobody can read until reboot."""
-        self.kmsg(at, "watchdog: BUG: soft lockup - CPU#2 stuck for 23s! [kworker/2:1:1187]")
 
     # ---- logs ------------------------------------------------------------------------
 
@@ -443,13 +370,13 @@ class Guest:
         return freed
 
 
-def _archived_name(seq: int, ts: float) -> str:
+def archived_name(seq: int, ts: float) -> str:
+    """The file name journald gives an archived system journal."""
     return (f"system@{c.MACHINE_ID[:8]}b04c4e1f9d2a7c3e5b8f0a16-{seq * 4096 + 1:016x}-"
             f"{int(ts * 1_000_000):016x}.journal")
 
 
-def _pg(at: float, pid: int, text: str) -> str:
-    import time
-
+def pg_line(at: float, pid: int, text: str) -> str:
+    """A PostgreSQL log line as its journal message."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
     return f"{stamp}.{int(at * 1000) % 1000:03d} UTC [{pid}] {text}"

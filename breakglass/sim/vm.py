@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from breakglass.sim import catalog, pve
+from breakglass.sim import catalog, faults, pve
 from breakglass.sim.guest import Guest
 from breakglass.sim.shell import ExecResult, Session
 
@@ -110,22 +110,22 @@ class SimVM:
             if fault in _FLAG_FAULTS:
                 self._flags.add(fault)
                 if fault == "io_stall":
-                    g.stall_messages(now)
+                    faults.stall_messages(g, now)
                 elif fault == "guest_hang":
-                    g.soft_lockup(now)
+                    faults.soft_lockup(g, now)
             elif fault == "vm_stopped":
                 self._power_off(now)
             elif fault == "vm_paused":
                 if self._power == "running":
                     self._power = "paused"
             elif fault == "unit_failed":
-                g.crash_postgres(now)
+                faults.crash_postgres(g, now)
             elif fault == "disk_full":
-                g.fill_disk(now)
+                faults.fill_disk(g, now)
             elif fault == "memory_hog":
-                g.start_hog(now)
+                faults.start_hog(g, now)
             elif fault == "sshd_dead":
-                g.kill_sshd(now)
+                faults.kill_sshd(g, now)
             elif fault == "load_spike":
                 g.spike_until = now + self.timing.load_spike_seconds
 
@@ -306,20 +306,20 @@ class SimVM:
 
     def _faults(self, now: float) -> set[str]:
         g = self.guest
-        faults = set(self._flags)
+        found = set(self._flags)
         if self._power == "stopped":
-            faults.add("vm_stopped")
+            found.add("vm_stopped")
         else:
             if self._power == "paused":
-                faults.add("vm_paused")
+                found.add("vm_paused")
             if g.units["postgresql.service"].active != "active":
-                faults.add("unit_failed")
+                found.add("unit_failed")
             if g.units["ssh.service"].active != "active":
-                faults.add("sshd_dead")
+                found.add("sshd_dead")
             if g.hog() is not None:
-                faults.add("memory_hog")
+                found.add("memory_hog")
             if g.spiking(now):
-                faults.add("load_spike")
+                found.add("load_spike")
         if g.used_bytes() >= _DISK_FULL_RATIO * catalog.ROOT_BLOCKS_KB * 1024:
-            faults.add("disk_full")
-        return faults
+            found.add("disk_full")
+        return found
