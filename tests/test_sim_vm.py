@@ -370,3 +370,10 @@ def test_the_timing_profiles_are_test_and_demo() -> None:
     assert test.hang_seconds == demo.hang_seconds == 3600
     with pytest.raises(ValueError, match="unknown timing profile 'fast'"):
         SimTiming.profile("fast")  # type: ignore[arg-type]
+
+
+def test_guest_faults_cannot_be_injected_into_a_stopped_vm(sim: SimVM) -> None:
+    sim.inject("vm_stopped")
+    sim.inject("memory_hog")
+    sim.inject("unit_failed")
+    assert sim.state()["faults"] == ["vm_stopped"]

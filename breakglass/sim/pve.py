@@ -46,9 +46,10 @@ async def run(vm: SimVM, command: str) -> ExecResult:
         return _json(await _status(vm))
     if command == "forensics":
         return _json(await _forensics(vm))
+    received = vm.clock()
     vm.forensics_log.append(await _forensics(vm))
     ok, message = await _act(vm, command)
-    vm.record_power(command, ok)
+    vm.record_power(command, ok, at=received)
     out = {"verb": command, "vmid": vm.vmid, "ok": ok, "message": message,
            "forensics": "captured"}
     return _json(out, 0 if ok else 1)

@@ -30,6 +30,8 @@ FAULTS: tuple[str, ...] = (
 _FLAG_FAULTS = frozenset({"io_stall", "guest_hang", "pve_unreachable", "network_partition"})
 # Faults under which the guest (or the path to it) does not answer at all.
 _HANG_FAULTS = frozenset({"io_stall", "guest_hang", "vm_paused", "network_partition"})
+# Faults that need a running guest to happen in.
+_GUEST_FAULTS = frozenset({"unit_failed", "memory_hog", "sshd_dead", "load_spike", "vm_paused"})
 _DISK_FULL_RATIO = 0.90
 _HANG_POLL_SECONDS = 0.05
 FORENSICS_KEPT = 20
@@ -99,12 +101,19 @@ class SimVM:
     # ---- control ---------------------------------------------------------------
 
     def inject(self, fault: str) -> None:
-        """Make ``fault`` happen now (a no-op when it is already present)."""
+        """Make ``fault`` happen now.
+
+        A no-op when it is already present, and for faults that live inside the
+        guest (unit_failed, memory_hog, sshd_dead, load_spike, vm_paused) while
+        the VM is stopped: there is no guest for them to happen in.
+        """
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
         with self._lock:
             now = self.clock()
             if fault in self._faults(now):
+                return
+            if self._power == "stopped" and fault in _GUEST_FAULTS:
                 return
             g = self.guest
             if fault in _FLAG_FAULTS:
@@ -164,16 +173,16 @@ class SimVM:
         """What an SSH connection to the devvm does right now."""
         with self._lock:
             now = self.clock()
-            faults = self._faults(now)
-            if "network_partition" in faults:
+            found = self._faults(now)
+            if "network_partition" in found:
                 return "hang"
             if self._power == "stopped":
                 return "refuse"
-            if faults & _HANG_FAULTS:
+            if found & _HANG_FAULTS:
                 return "hang"
-            if self._vm_state(now) == "booting" or "sshd_dead" in faults:
+            if self._vm_state(now) == "booting" or "sshd_dead" in found:
                 return "refuse"
-            return "slow" if "memory_hog" in faults else "ok"
+            return "slow" if "memory_hog" in found else "ok"
 
     async def devvm_exec(self, command: str) -> ExecResult:
         """Run one exec request's command line in the guest, as user breakglass."""
@@ -239,10 +248,10 @@ class SimVM:
         with self._lock:
             self.verb_counts[verb] += 1
 
-    def record_power(self, verb: str, ok: bool) -> None:
-        """Append one accepted power verb to the ground-truth log."""
+    def record_power(self, verb: str, ok: bool, at: float) -> None:
+        """Append one accepted power verb, with the time it arrived, to the ground-truth log."""
         with self._lock:
-            self.power_log.append({"verb": verb, "at": self.clock(), "ok": ok})
+            self.power_log.append({"verb": verb, "at": at, "ok": ok})
 
     def power_reset(self) -> tuple[bool, str]:
         """Hard reset: the guest reboots in the same QEMU process."""
