@@ -346,3 +346,45 @@ def test_privileged_actions_fail_without_sudo(sim: SimVM, command: str, error: s
     assert result.exit_status == 1
     assert result.stderr.startswith(error)
     assert sh(sim, f"sudo {command}").exit_status == 0
+
+
+# ---- robustness --------------------------------------------------------------------------
+
+_WORDS = ["ls", "df", "-h", "du", "-sh", "/", "/var/tmp/breakglass-cleanup/*", "systemctl",
+          "status", "--failed", "journalctl", "-u", "-n", "5", "--vacuum-size=1K", "sudo", "kill",
+          "-9", "1", "ps", "aux", "--sort=-rss", "free", "-m", "|", "&&", "||", ";", "tail", "-3",
+          "'", '"', "$(", ")", "2>&1", ">", "grep", "-v", "cat", "/proc/meminfo", "rm", "-rf",
+          "top", "-bn1", "pgrep", "-f", "bash", "-c", "dmesg", "-T", "--since", "today", "-p",
+          "err", "-b", "-1", "restart", "stop", "leaky-batch", "postgresql", "list-units", "\n"]
+
+
+def test_no_command_line_makes_the_shell_raise() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from breakglass.sim.guest import Guest
+
+    guest = Guest.healthy(1_795_000_000.0)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.sampled_from(_WORDS), max_size=8), st.text(max_size=12))
+    def check(words: list[str], junk: str) -> None:
+        for line in (" ".join(words), junk, " ".join(words) + junk):
+            result = Session(guest, 1_795_000_100.0).run(line)
+            assert isinstance(result.stdout, str)
+            assert isinstance(result.exit_status, int)
+
+    check()
+
+
+@pytest.mark.parametrize(("command", "error"), [
+    ("journalctl -n abc", "Failed to parse lines 'abc'\n"),
+    ("journalctl -p loud", "Unknown log level loud\n"),
+    ("journalctl --vacuum-size=lots", "Failed to parse size value: lots\n"),
+    ("du --max-depth=x /", "du: invalid maximum depth ‘x’\n"),
+    ("ps aux --sort=-vibes", "error: unknown sort specifier\n"),
+])
+def test_bad_arguments_get_the_tools_own_complaint(sim: SimVM, command: str, error: str) -> None:
+    result = sh(sim, command)
+    assert result.exit_status != 0
+    assert result.stderr.startswith(error)

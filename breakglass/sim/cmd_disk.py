@@ -147,10 +147,22 @@ def _du(ctx: Ctx, args: list[str], stdin: str) -> Out:
     summary = "s" in flags or "--summarize" in args
     total = "c" in flags or "--total" in args
     depth: int | None = 0 if summary else None
-    for a in args:
-        if a.startswith("--max-depth="):
-            depth = int(a.split("=", 1)[1])
-    paths = [a for a in args if not a.startswith("-")] or ["."]
+    paths: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        value = a.split("=", 1)[1] if a.startswith("--max-depth=") else None
+        if a == "-d" and i + 1 < len(args):
+            value = args[i + 1]
+            i += 1
+        if value is not None:
+            if not value.isdigit():
+                return "", f"du: invalid maximum depth ‘{value}’\n", 1
+            depth = int(value)
+        elif not a.startswith("-"):
+            paths.append(a)
+        i += 1
+    paths = paths or ["."]
     out: list[str] = []
     err: list[str] = []
     grand = 0

@@ -185,8 +185,31 @@ def _ps(ctx: Ctx, args: list[str], stdin: str) -> Out:
                 return "", ("error: unknown sort specifier\n\nUsage:\n ps [options]\n\n Try 'ps "
                              "--help <simple|list|output|threads|misc|all>'\n"), 1
             procs.sort(key=lambda p, f=field: getattr(p, f), reverse=desc)
+    if any(a.startswith("-") and not a.startswith("--") and "f" in a for a in args):
+        return "\n".join(["UID          PID    PPID  C STIME TTY          TIME CMD",
+                          *_ef_lines(ctx, procs)]) + "\n", "", 0
     header = "USER         PID %CPU %MEM    VSZ   RSS TTY      STAT START   TIME COMMAND"
     return "\n".join([header, *ps_lines(ctx, procs)]) + "\n", "", 0
+
+
+def _ef_lines(ctx: Ctx, procs: list[Proc]) -> list[str]:
+    """``ps -ef`` rows; parents follow from units (main process) and the kernel."""
+    mains = {u.spec.name: u.main_pid for u in ctx.guest.units.values()}
+    rows = []
+    for p in procs:
+        if p.pid in (1, 2):
+            ppid = 0
+        elif p.kernel:
+            ppid = 2
+        elif p.unit and mains.get(p.unit) not in (None, p.pid):
+            ppid = mains[p.unit] or 1
+        else:
+            ppid = 1
+        cpu_s = int(p.cpu_pct / 100 * (ctx.now - p.started))
+        rows.append(f"{_user(p.user):<8} {p.pid:>7} {ppid:>7} {min(99, int(p.cpu_pct)):>2} "
+                    f"{_start(p, ctx.now):>5} {p.tty:<8} {cpu_s // 3600:02d}:{cpu_s % 3600 // 60:02d}:"
+                    f"{cpu_s % 60:02d} {p.command}")
+    return rows
 
 
 _SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "TERM": 15, "USR1": 10, "USR2": 12,

@@ -374,7 +374,9 @@ def _journalctl(ctx: Ctx, args: list[str], stdin: str) -> Out:
     if "--priority" in opts:
         spec = opts["--priority"][-1]
         top = spec.split("..")[-1]
-        level = _PRIORITIES.get(top, int(top) if top.isdigit() else 7)
+        level = _PRIORITIES.get(top, int(top) if top.isdigit() else -1)
+        if not 0 <= level <= 7:
+            return "", f"Unknown log level {top}\n", 1
         entries = [e for e in entries if e.priority <= level]
     for key, keep_after in (("--since", True), ("--until", False)):
         if key in opts:
@@ -384,8 +386,11 @@ def _journalctl(ctx: Ctx, args: list[str], stdin: str) -> Out:
             entries = [e for e in entries if (e.ts >= when) == keep_after]
     lines_opt = opts.get("--lines")
     if lines_opt is not None:
-        n = lines_opt[-1]
-        entries = entries[-(int(n) if n.isdigit() else 10):] if n != "all" else entries
+        n = lines_opt[-1] or "10"
+        if not (n.isdigit() or n == "all"):
+            return "", f"Failed to parse lines '{n}'\n", 1
+        if n != "all":
+            entries = entries[-int(n):] if int(n) else []
     elif "-e" in opts or "--pager-end" in opts or "-f" in opts or "--follow" in opts:
         entries = entries[-(1000 if "-e" in opts else 10):]
     if "-r" in opts or "--reverse" in opts:

@@ -115,6 +115,7 @@ class Guest:
         g.disk["/usr"] = target - sum(g.disk.values()) - journal
         g.journal_archived = [(archived_name(1, now - 6 * 86_400), now - 6 * 86_400, JOURNAL_FILE)]
         g.boot(now - uptime, boot_id)
+        g.chatter(now - uptime + 300, now)
         return g
 
     def boot(self, at: float, boot_id: str | None = None) -> None:
@@ -138,6 +139,26 @@ class Guest:
         for spec in c.USER_PROCS:
             self._spawn(spec, at + 60)
         self.next_pid = 2000
+
+    def chatter(self, since: float, until: float) -> None:
+        """The journal lines a quiet system writes anyway: hourly cron, daily apt timers."""
+        hour = since - since % 3600 + 3600 + 17 * 60
+        pid = 90_000
+        while hour < until:
+            pid += 311
+            self.log(hour, "CRON", pid, "pam_unix(cron:session): session opened for user root(uid=0)"
+                     " by (uid=0)", "cron.service")
+            self.log(hour, "CRON", pid + 1, "(root) CMD (   cd / && run-parts --report "
+                     "/etc/cron.hourly)", "cron.service")
+            self.log(hour, "CRON", pid, "pam_unix(cron:session): session closed for user root",
+                     "cron.service")
+            if int(hour // 3600) % 12 == 6:
+                self.log(hour + 120, "systemd", 1, "Starting apt-daily.service - Daily apt download "
+                         "activities...")
+                self.log(hour + 131, "systemd", 1, "apt-daily.service: Deactivated successfully.")
+                self.log(hour + 131, "systemd", 1, "Finished apt-daily.service - Daily apt download "
+                         "activities.")
+            hour += 3600
 
     def power_off(self, at: float) -> None:
         """The guest is gone: nothing runs (disk and journal stay)."""

@@ -246,7 +246,11 @@ class Session:
             if via_sudo:
                 return "", f"sudo: {name}: command not found\n", 1
             return "", f"bash: line 1: {name}: command not found\n", 127
-        return fn(ctx, args, stdin)
+        try:
+            return fn(ctx, args, stdin)
+        except (ValueError, IndexError, KeyError) as exc:
+            # An argument shape the model does not cover: say so rather than kill the session.
+            return "", f"{name}: unsupported arguments in this simulator ({exc})\n", 2
 
     def _sudo(self, args: list[str], stdin: str) -> Out:
         rest = list(args)
