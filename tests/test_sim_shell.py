@@ -388,3 +388,17 @@ def test_bad_arguments_get_the_tools_own_complaint(sim: SimVM, command: str, err
     result = sh(sim, command)
     assert result.exit_status != 0
     assert result.stderr.startswith(error)
+
+
+def test_sizes_are_printed_the_way_each_tool_rounds_them() -> None:
+    from breakglass.sim import fmt
+
+    assert [fmt.human_ceil(n) for n in (0, 4096, 9.95 * GiB, 1023.5 * 1024**2, 62.7 * GiB)] == [
+        "0", "4.0K", "10G", "1.0G", "63G"]
+    assert [fmt.human_free(n) for n in (15.6 * GiB, 6.04 * GiB, 182 * 1024**2)] == [
+        "15Gi", "6.0Gi", "182Mi"]
+    assert [fmt.human_util(n) for n in (4 * GiB, 204.8 * 1024**2)] == ["4G", "204.8M"]
+    assert fmt.parse_size("200M") == 200 * 1024**2
+    assert fmt.parse_size("nope") is None
+    assert fmt.ago(2 * 86_400 + 5) == "2 days ago"
+    assert fmt.ago(4740) == "1h 19min ago"

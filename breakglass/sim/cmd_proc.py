@@ -109,22 +109,20 @@ def _uptime(ctx: Ctx, args: list[str], stdin: str) -> Out:
 
 def _free(ctx: Ctx, args: list[str], stdin: str) -> Out:
     m = ctx.guest.meminfo(ctx.now)
-    flags = "".join(a.lstrip("-") for a in args if a.startswith("-"))
-    if "h" in flags or "--human" in args:
-        def show(kb: int) -> str:
+    flags = "".join(a.lstrip("-") for a in args if a.startswith("-") and not a.startswith("--"))
+    longs = {a for a in args if a.startswith("--")}
+
+    def show(kb: int) -> str:
+        if "h" in flags or "--human" in longs:
             return fmt.human_free(kb * 1024)
-    elif "b" in flags or "--bytes" in args:
-        def show(kb: int) -> str:
+        if "b" in flags or "--bytes" in longs:
             return str(kb * 1024)
-    elif "g" in flags:
-        def show(kb: int) -> str:
+        if "g" in flags or "--giga" in longs:
             return str(kb // 1024**2)
-    elif "m" in flags or "--mega" in args:
-        def show(kb: int) -> str:
+        if "m" in flags or "--mega" in longs:
             return str(kb // 1024)
-    else:
-        def show(kb: int) -> str:
-            return str(kb)
+        return str(kb)
+
     buff_cache = m.buffers + m.cached + m.sreclaimable
     used = m.total - m.available
     swap_used = m.swap_total - m.swap_free
