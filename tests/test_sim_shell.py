@@ -402,3 +402,12 @@ def test_sizes_are_printed_the_way_each_tool_rounds_them() -> None:
     assert fmt.parse_size("nope") is None
     assert fmt.ago(2 * 86_400 + 5) == "2 days ago"
     assert fmt.ago(4740) == "1h 19min ago"
+
+
+def test_a_disk_filled_again_after_a_repair_is_full_again_not_overfull(sim: SimVM) -> None:
+    sim.inject("disk_full")
+    first = root_use(sim)
+    sh(sim, "sudo journalctl --vacuum-size=200M")
+    sim.inject("disk_full")
+    assert "disk_full" in sim.state()["faults"]
+    assert abs(root_use(sim) - first) < 0.005

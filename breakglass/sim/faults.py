@@ -50,6 +50,7 @@ def fill_disk(g: Guest, at: float, size_kb: int = c.ROOT_BLOCKS_KB) -> None:
     for i in range(7):
         g.disk[f"{c.CLEANUP_DIR}/build-{4711 + i}"] = 307 * c.MiB
     target = int(size_kb * 1024 * 0.989)
+    g.disk.pop("/var/lib/docker/buildkit", None)  # size it afresh on a second fill
     g.disk["/var/lib/docker/buildkit"] = max(0, target - g.used_bytes())
     for dt in (240, 120, 30):
         g.kmsg(at - dt, "systemd-journald[312]: Failed to write entry (22 items, 6412 bytes), "
