@@ -87,6 +87,7 @@ class BudgetSettings(_Model):
     max_actions: int = Field(3, ge=0)
     window_seconds: float = Field(6 * 3600.0, gt=0)
     min_gap_seconds: float = Field(600.0, ge=0)
+    verb_timeout_seconds: float = Field(180.0, gt=0)
     dry_run: bool = False
 
 

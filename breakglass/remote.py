@@ -402,11 +402,14 @@ class PveClient:
         *,
         connect_timeout: float,
         command_timeout: float,
+        power_timeout: float | None = None,
         output_cap: int = DEFAULT_OUTPUT_CAP,
     ) -> None:
         self.endpoint = endpoint
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
+        # A real cycle (qm stop, then qm start) takes far longer than a status query.
+        self.power_timeout = power_timeout or command_timeout
         self.output_cap = output_cap
 
     async def run(self, verb: Verb) -> CommandResult:
@@ -418,7 +421,7 @@ class PveClient:
         shell = DevvmShell(
             self.endpoint,
             connect_timeout=self.connect_timeout,
-            command_timeout=self.command_timeout,
+            command_timeout=self.power_timeout if verb in POWER_VERBS else self.command_timeout,
             output_cap=self.output_cap,
         )
         return await shell.run(verb.value)

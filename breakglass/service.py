@@ -14,7 +14,7 @@ from types import FrameType
 import structlog
 import waitress
 
-from breakglass.config import Config, WebSettings, load_config
+from breakglass.config import Config, WebSettings
 from breakglass.core import Core, CoreThread
 from breakglass.log import configure_logging
 from breakglass.metrics import Metrics
@@ -83,18 +83,15 @@ def serve(cfg: Config, *, on_ready: Callable[[str], None] | None = None) -> int:
 
 def demo(*, state_dir: str | None, port: int) -> int:
     """Start the simulator and the full service against it; print the page's URL."""
-    from breakglass.sim.server import SimThread
+    from breakglass.sim.runner import SimThread
 
     folder = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="breakglass-demo-"))
-    sim = SimThread(folder, profile="demo", web_port=port)
-    info = sim.start()
-    try:
-        cfg = load_config(info["config"])
+    with SimThread() as thread:
+        sim = thread.serve(folder, "demo")
+        cfg = sim.config.model_copy(update={"web": sim.config.web.model_copy(update={"port": port})})
 
         def ready(url: str) -> None:
-            print(json.dumps({"url": url, **info}), flush=True)
+            print(json.dumps({"url": url, **sim.info}), flush=True)
             print(f"\nbreakglass demo: open {url}\n", file=sys.stderr, flush=True)
 
         return serve(cfg, on_ready=ready)
-    finally:
-        sim.stop()
