@@ -7,7 +7,7 @@ import time
 
 from breakglass.sim import catalog as c
 from breakglass.sim import fmt
-from breakglass.sim.guest import JournalEntry, Unit
+from breakglass.sim.guest import JournalEntry, Proc, Unit
 from breakglass.sim.shell import Command, Ctx, Out
 
 _ALIASES = {"sshd.service": "ssh.service", "postgresql@15-main.service": "postgresql.service",
@@ -62,7 +62,7 @@ def _status(ctx: Ctx, unit: Unit) -> str:
         lines += [f"   Main PID: {main.pid} ({_comm(main.command)})",
                   f"      Tasks: {len(procs) * 3 - 2} (limit: 19092)",
                   f"     Memory: {mem_text}",
-                  f"        CPU: {fmt.timespan(max(0.5, (ctx.now - unit.since) * 0.0004))}",
+                  f"        CPU: {fmt.timespan(_cpu_seconds(ctx, procs))}",
                   f"     CGroup: /system.slice/{s.name}"]
         for i, p in enumerate(procs):
             branch = "└─" if i == len(procs) - 1 else "├─"
@@ -73,6 +73,11 @@ def _status(ctx: Ctx, unit: Unit) -> str:
         lines.append("")
         lines += [_journal_line(e) for e in entries]
     return "\n".join(lines) + "\n"
+
+
+def _cpu_seconds(ctx: Ctx, procs: list[Proc]) -> float:
+    used = sum(p.cpu_pct / 100 * (ctx.now - p.started) for p in procs)
+    return round(max(0.412, used), 3)
 
 
 def _system_status(ctx: Ctx) -> str:

@@ -66,6 +66,10 @@ def fill_disk(g: Guest, at: float, size_kb: int = c.ROOT_BLOCKS_KB) -> None:
 def start_hog(g: Guest, at: float) -> None:
     """viktor's leaking batch job runs; memory and swap fill; the OOM killer fires."""
     g.start_unit(c.HOG_UNIT, at - 900)
+    pid = g.units[c.HOG_UNIT].main_pid
+    for minutes, rows in ((14, "1,204,332"), (10, "9,871,020"), (5, "21,448,913"), (1, "33,090,117")):
+        g.log(at - minutes * 60, "python3", pid, f"leak.py: batch import running, {rows} rows "
+              "cached in memory", c.HOG_UNIT)
     g.kmsg(at - 60, "python3 invoked oom-killer: gfp_mask=0x140cca(GFP_HIGHUSER_MOVABLE|"
                        "__GFP_COMP), order=0, oom_score_adj=0")
     g.kmsg(at - 60, "Out of memory: Killed process 1873 (node) total-vm:2214120kB, "
