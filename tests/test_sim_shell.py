@@ -366,7 +366,7 @@ def test_no_command_line_makes_the_shell_raise() -> None:
 
     guest = Guest.healthy(1_795_000_000.0)
 
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=300, deadline=None, database=None)
     @given(st.lists(st.sampled_from(_WORDS), max_size=8), st.text(max_size=12))
     def check(words: list[str], junk: str) -> None:
         for line in (" ".join(words), junk, " ".join(words) + junk):
