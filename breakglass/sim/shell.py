@@ -313,4 +313,4 @@ def _commands() -> dict[str, Command]:
     return table
 
 
-__all__ = ["Ctx", "ExecResult", "Out", "Session", "c", "split_line"]
+__all__ = ["Command", "Ctx", "ExecResult", "Out", "Session", "ShellSyntaxError", "split_line"]
