@@ -171,8 +171,9 @@ class SshFront:
         self._host = host
         self._port = 0
         self._listener: socket.socket | None = None
-        self._accept_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Accepted sockets nobody else owns yet; whatever is left here at stop() is closed.
+        self._socks: set[socket.socket] = set()
         self._conns: set[asyncssh.SSHServerConnection] = set()
         self._options: asyncssh.SSHServerConnectionOptions | None = None
         self._stopped = False
@@ -229,8 +230,10 @@ class SshFront:
         return sock
 
     def _listen_on(self, sock: socket.socket) -> None:
+        # A reader callback rather than a sock_accept() task: cancelling a task can drop a
+        # socket that was accepted in the same instant; a callback cannot.
         self._listener = sock
-        self._accept_task = asyncio.get_running_loop().create_task(self._accept_loop(sock))
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept_ready, sock)
 
     async def reconcile(self) -> None:
         """Open or close the port to match what a login would see now."""
@@ -238,7 +241,7 @@ class SshFront:
             return
         refuse = self.login() == "refuse"
         if refuse and self._listener is not None:
-            await self._close_listener()
+            self._close_listener()
         elif not refuse and self._listener is None:
             try:
                 self._listen_on(self._bind(self._port))
@@ -255,26 +258,24 @@ class SshFront:
             with contextlib.suppress(Exception):
                 await conn.wait_closed()
 
-    async def _close_listener(self) -> None:
-        task, sock = self._accept_task, self._listener
-        self._accept_task, self._listener = None, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    def _close_listener(self) -> None:
+        sock, self._listener = self._listener, None
         if sock is not None:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
             sock.close()
 
-    async def _accept_loop(self, listener: socket.socket) -> None:
+    def _accept_ready(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        for _ in range(64):  # drain a burst, but let other callbacks run
             try:
-                sock, _ = await loop.sock_accept(listener)
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError as exc:
                 log.warning("%s: accept failed: %s", self.name, exc)
-                await asyncio.sleep(_HANG_POLL_SECONDS)
-                continue
+                return
             sock.setblocking(False)
+            self._socks.add(sock)
             task = loop.create_task(self._handle(sock))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -283,17 +284,14 @@ class SshFront:
         mode = self.login()
         if mode == "refuse":
             # Accepted in the instant before the listener closed: behave like a closed port.
+            self._socks.discard(sock)
             _reset(sock)
             return
         if mode == "hang":
             await self._hold(sock)
             return
         if mode == "slow":
-            try:
-                await asyncio.sleep(self._slow_seconds)
-            except asyncio.CancelledError:
-                sock.close()
-                raise
+            await asyncio.sleep(self._slow_seconds)
         await self._serve(sock)
 
     async def _serve(self, sock: socket.socket) -> None:
@@ -301,8 +299,10 @@ class SshFront:
             # Returns once the client has logged in; the connection then runs on its own.
             await asyncssh.run_server(sock, options=self._options)
         except (TimeoutError, OSError, asyncssh.Error) as exc:
+            # asyncssh aborted its transport, which closes the socket.
             log.debug("%s: login did not complete: %s", self.name, exc)
-            sock.close()
+        # From here asyncssh owns the socket. (On cancellation it stays in _socks for stop().)
+        self._socks.discard(sock)
 
     async def _hold(self, sock: socket.socket) -> None:
         """Keep a connection open without a banner until the hang ends or the client leaves."""
@@ -323,14 +323,19 @@ class SshFront:
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await recv
             # The hang is over but the banner was never sent: this connection is spoilt.
+            self._socks.discard(sock)
             sock.close()
 
     async def stop(self) -> None:
         """Close the port, every pending login and every connection."""
         self._stopped = True
-        await self._close_listener()
+        self._close_listener()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.close_connections()
+        # Sockets whose handler was cancelled before it could hand them on or close them.
+        for sock in self._socks:
+            sock.close()
+        self._socks.clear()
