@@ -1,0 +1,280 @@
+"""The Governor: the only path by which reset, stop, start and cycle are sent.
+
+For each power verb it:
+
+1. checks the per-target budget (at most ``max_actions`` in any sliding
+   ``window_seconds``, and ``min_gap_seconds`` since the last one; an unused
+   grant allows exactly one action beyond the window);
+2. captures ``forensics`` from the Proxmox host and stores it on the incident
+   before anything mutates;
+3. in dry-run mode records "would send VERB" with the decision trace, and
+   sends nothing;
+4. otherwise writes the ledger row and commits it BEFORE the verb is sent,
+   so a crash or ``kill -9`` never refunds budget;
+5. sends the verb and records the outcome.
+
+On start, :meth:`Governor.recover` marks rows that never got an outcome as
+``unknown``: they still count, and they are never re-sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from breakglass.config import BudgetSettings
+from breakglass.remote import POWER_VERBS, PveClient, RemoteError, Verb
+from breakglass.store import Store
+
+# Failures that prove the verb never reached the host: nothing was sent.
+_NOT_SENT = frozenset({"refused", "host_key", "auth", "unreachable"})
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a power verb may be sent now, and why."""
+
+    allowed: bool
+    verb: Verb
+    reason: str
+    next_allowed_at: float | None
+    remaining: int
+    used_grant: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The decision as stored data."""
+        return {
+            "allowed": self.allowed,
+            "verb": self.verb.value,
+            "reason": self.reason,
+            "next_allowed_at": self.next_allowed_at,
+            "remaining": self.remaining,
+            "used_grant": self.used_grant,
+        }
+
+
+@dataclass(frozen=True)
+class PowerOutcome:
+    """What became of one requested power verb."""
+
+    verb: Verb
+    result: str  # ok | failed | denied | dry_run | unknown
+    decision: Decision
+    ledger_id: int | None
+    output: str
+    forensics: dict[str, Any] | None
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds:.0f}s"
+
+
+class Governor:
+    """Budget, forensics-first, ledger-before-verb, dry run, grants."""
+
+    def __init__(
+        self,
+        store: Store,
+        budget: BudgetSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.budget = budget
+        self.clock = clock
+        self._on_event = on_event or (lambda event, data: None)
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- the budget ------------------------------------------------------
+
+    def check(self, target: str, verb: Verb) -> Decision:
+        """Decide (without side effects) whether ``verb`` may be sent for ``target`` now."""
+        b, now = self.budget, self.clock()
+        used = self.store.ledger_actions(target, now - b.window_seconds)
+        remaining = max(0, b.max_actions - len(used))
+        last = self.store.ledger_last_action(target)
+        gap_until = last["at"] + b.min_gap_seconds if last else None
+        in_gap = gap_until is not None and now < gap_until
+        grant = self.store.unused_grant(target)
+        if remaining == 0 and grant is None:
+            # The oldest action still counted must age out of the window first.
+            window_until = used[len(used) - b.max_actions]["at"] + b.window_seconds if used else None
+            until = max(t for t in (window_until, gap_until if in_gap else None, now) if t is not None)
+            return Decision(
+                False,
+                verb,
+                f"budget spent: {len(used)} of {b.max_actions} power actions in the last "
+                f"{_span(b.window_seconds)}",
+                until,
+                0,
+            )
+        if in_gap and last is not None:
+            return Decision(
+                False,
+                verb,
+                f"minimum gap: last power action {_span(now - last['at'])} ago, "
+                f"gap is {_span(b.min_gap_seconds)}",
+                gap_until,
+                remaining,
+            )
+        if remaining > 0:
+            return Decision(
+                True, verb, f"within budget: {remaining} of {b.max_actions} left", None, remaining - 1
+            )
+        assert grant is not None
+        return Decision(
+            True,
+            verb,
+            f"budget spent; using grant #{grant['id']} by {grant['who']}: {grant['why']}",
+            None,
+            0,
+            used_grant=int(grant["id"]),
+        )
+
+    def remaining(self, target: str) -> tuple[int, float | None]:
+        """(power actions left now, the time the next one is allowed when none is allowed now)."""
+        d = self.check(target, Verb.CYCLE)
+        grants = 1 if self.store.unused_grant(target) else 0
+        left = (
+            max(
+                0,
+                self.budget.max_actions
+                - len(self.store.ledger_actions(target, self.clock() - self.budget.window_seconds)),
+            )
+            + grants
+        )
+        return left, (None if d.allowed else d.next_allowed_at)
+
+    def grant(self, target: str, who: str, why: str) -> int:
+        """Grant exactly one extra power action for ``target``, recording who and why."""
+        if not who.strip() or not why.strip():
+            raise ValueError("a grant needs who and why")
+        grant_id = self.store.add_grant(target, who, why)
+        self._on_event("grant", {"target": target, "who": who, "why": why, "grant": grant_id})
+        return grant_id
+
+    def recover(self) -> int:
+        """Mark ledger rows that never got an outcome as ``unknown``; return how many."""
+        n = 0
+        for row in self.store.ledger_unfinished():
+            if self.store.ledger_finish(
+                row["id"], "unknown", "the watchdog stopped before the outcome was known"
+            ):
+                n += 1
+                self._on_event(
+                    "power_action", {"target": row["target"], "verb": row["verb"], "result": "unknown"}
+                )
+        return n
+
+    # -- sending ---------------------------------------------------------
+
+    async def execute(
+        self,
+        target: str,
+        incident_id: int,
+        verb: Verb,
+        pve: PveClient,
+        *,
+        who: str = "watchdog",
+        trace: dict[str, Any] | None = None,
+    ) -> PowerOutcome:
+        """Send ``verb`` for ``target`` if the budget allows, forensics first, ledger row first."""
+        if not isinstance(verb, Verb) or verb not in POWER_VERBS:
+            raise ValueError(f"{verb!r} is not a power verb; the Governor only sends {sorted(POWER_VERBS)}")
+        lock = self._locks.setdefault(target, asyncio.Lock())
+        async with lock:
+            return await self._execute(target, incident_id, verb, pve, who, dict(trace or {}))
+
+    async def _execute(
+        self, target: str, incident_id: int, verb: Verb, pve: PveClient, who: str, trace: dict[str, Any]
+    ) -> PowerOutcome:
+        step = self.store.add_step
+        decision = self.check(target, verb)
+        record = {"decision": decision.as_dict(), "trace": trace}
+        if not decision.allowed:
+            row = self.store.ledger_insert(
+                target, incident_id, verb.value, who, decision=record, result="denied"
+            )
+            step(
+                incident_id,
+                "decision",
+                {
+                    "decision": f"{verb.value} refused",
+                    "because": decision.reason,
+                    "next_allowed_at": decision.next_allowed_at,
+                    "trace": trace,
+                },
+            )
+            self._emit(target, verb, "denied", decision)
+            return PowerOutcome(verb, "denied", decision, row, "", None)
+
+        forensics = await self._forensics(pve)
+        step(incident_id, "forensics", forensics)
+
+        if self.budget.dry_run:
+            row = self.store.ledger_insert(
+                target, incident_id, verb.value, who, dry_run=True, decision=record, result="dry_run"
+            )
+            step(
+                incident_id,
+                "decision",
+                {
+                    "decision": f"would send {verb.value} (dry run; nothing sent)",
+                    "because": decision.reason,
+                    "trace": trace,
+                },
+            )
+            self._emit(target, verb, "dry_run", decision)
+            return PowerOutcome(verb, "dry_run", decision, row, "", forensics)
+
+        row = self.store.ledger_insert(target, incident_id, verb.value, who, decision=record)
+        if decision.used_grant is not None:
+            self.store.use_grant(decision.used_grant, row)
+        step(
+            incident_id,
+            "decision",
+            {"decision": f"send {verb.value}", "because": decision.reason, "ledger_id": row, "trace": trace},
+        )
+        result, output = await self._send(pve, verb)
+        self.store.ledger_finish(row, result, output[:2000])
+        step(incident_id, "verb", {"verb": verb.value, "result": result, "output": output})
+        self._emit(target, verb, result, decision)
+        return PowerOutcome(verb, result, decision, row, output, forensics)
+
+    async def _forensics(self, pve: PveClient) -> dict[str, Any]:
+        # A wedged host side must not block recovery: record the failure and go on.
+        try:
+            return {"captured": True, "forensics": await pve.forensics()}
+        except RemoteError as exc:
+            return {"captured": False, "error": f"{exc.kind}: {exc}"}
+
+    async def _send(self, pve: PveClient, verb: Verb) -> tuple[str, str]:
+        try:
+            res = await pve.run(verb)
+        except RemoteError as exc:
+            # Refused before login: nothing reached the host. Anything later: it may have.
+            return ("failed" if exc.kind in _NOT_SENT else "unknown"), f"{exc.kind}: {exc}"
+        output = (res.stdout + res.stderr).strip()
+        if res.timed_out:
+            return "unknown", f"no answer within the verb timeout; the host may still be acting\n{output}"
+        return ("ok" if res.exit_status == 0 else "failed"), output
+
+    def _emit(self, target: str, verb: Verb, result: str, decision: Decision) -> None:
+        self._on_event(
+            "power_action",
+            {
+                "target": target,
+                "verb": verb.value,
+                "result": result,
+                "reason": decision.reason,
+                "next_allowed_at": decision.next_allowed_at,
+            },
+        )
