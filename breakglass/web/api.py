@@ -14,14 +14,13 @@ from typing import Any
 import structlog
 from flask import Blueprint, jsonify, request
 
+from breakglass.store import CLOSED_STATES, STATES
 from breakglass.web.app import ApiError, web_context
 
 log = structlog.get_logger("breakglass.web")
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-STATES = ("open", "diagnosing", "remediating", "verifying", "resolved", "escalated", "failed")
-CLOSED_STATES = frozenset({"resolved", "escalated", "failed"})
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 # The same shape config.Target enforces for names, so a filter can only name a possible target.
@@ -45,8 +44,11 @@ def status() -> Any:
 def list_incidents() -> Any:
     """Incidents, newest first, filtered by target and state, at most ``limit`` of them."""
     target, states, limit = _incident_filters()
-    rows = web_context().store.list_incidents(target=target, limit=limit, states=states)
-    return jsonify({"incidents": [incident_json(row) for row in rows]})
+    store = web_context().store
+    rows = store.list_incidents(target=target, limit=limit, states=states)
+    # The list rows lack steps; every incident in the API has one shape, so read each in full.
+    full = (store.get_incident(row["id"]) for row in rows)
+    return jsonify({"incidents": [incident_json(inc) for inc in full if inc is not None]})
 
 
 @bp.get("/incidents/<int:incident_id>")
@@ -130,5 +132,7 @@ def _power_json(p: dict[str, Any]) -> dict[str, Any]:
         "at": p["at"],
         "finished_at": p.get("finished_at"),
         "who": p.get("who"),
-        "detail": p.get("detail"),
+        "dry_run": bool(p.get("dry_run")),
+        "decision": p.get("decision") or {},
+        "detail": p.get("detail") or None,
     }
