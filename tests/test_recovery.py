@@ -54,8 +54,8 @@ def test_each_fault_opens_one_incident_fixed_with_the_least_force(
     assert len(running.incidents()) == 1
     assert inc["report"]
     assert "Found:" in inc["report"]
-    states = [t["to"] for t in inc["transitions"]]
-    assert states[0] == "diagnosing"
+    states = [t["to_state"] for t in inc["transitions"]]
+    assert states[:2] == ["open", "diagnosing"]
     assert states[-1] == final
     if final == "resolved":
         assert fault not in sim.state()["faults"], "the repair must clear the fault for real"

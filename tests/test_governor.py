@@ -1,0 +1,191 @@
+"""The Governor against the simulator's Proxmox side: budget, gap, grants, dry run, ledger first."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from breakglass.config import BudgetSettings
+from breakglass.incidents.governor import Governor
+from breakglass.remote import CommandResult, PveClient, Verb
+from breakglass.sim.runner import SimHandle
+from breakglass.store import Store
+
+
+class Clock:
+    def __init__(self, now: float = 2_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> Store:
+    s = Store(tmp_path / "g.db", clock=clock)
+    yield s
+    s.close()
+
+
+def pve_for(sim: SimHandle) -> PveClient:
+    t = sim.config.targets[0]
+    return PveClient(t.pve, connect_timeout=2, command_timeout=5)
+
+
+def budget(**kw: float | bool) -> BudgetSettings:
+    base = {"max_actions": 3, "window_seconds": 3600, "min_gap_seconds": 60}
+    return BudgetSettings(**{**base, **kw})
+
+
+def verbs(sim: SimHandle) -> list[str]:
+    return [e["verb"] for e in sim.state()["power_log"]]
+
+
+def test_the_window_allows_max_actions_then_names_when_the_next_is_allowed(
+    sim: SimHandle, store: Store, clock: Clock
+) -> None:
+    gov = Governor(store, budget(), clock=clock)
+    inc, _ = store.open_incident("devvm", "rule", "r", "w", {})
+    pve = pve_for(sim)
+    first_at = clock.now
+    for _ in range(3):
+        out = asyncio.run(gov.execute("devvm", inc, Verb.START, pve))
+        assert out.result in ("ok", "failed")  # start on a running VM fails, but it was sent
+        clock.now += 61
+    denied = asyncio.run(gov.execute("devvm", inc, Verb.CYCLE, pve))
+    assert denied.result == "denied"
+    assert denied.decision.reason == "budget spent: 3 of 3 power actions in the last 1h"
+    assert denied.decision.next_allowed_at == first_at + 3600
+    assert verbs(sim) == ["start", "start", "start"]
+    assert gov.remaining("devvm") == (0, first_at + 3600)
+    clock.now = first_at + 3600.5
+    assert gov.check("devvm", Verb.CYCLE).allowed
+
+
+def test_the_minimum_gap_refuses_a_quick_second_action(sim: SimHandle, store: Store, clock: Clock) -> None:
+    gov = Governor(store, budget(), clock=clock)
+    inc, _ = store.open_incident("devvm", "rule", "r", "w", {})
+    asyncio.run(gov.execute("devvm", inc, Verb.RESET, pve_for(sim)))
+    clock.now += 10
+    d = gov.check("devvm", Verb.CYCLE)
+    assert not d.allowed
+    assert d.reason.startswith("minimum gap: last power action 10s ago")
+    assert d.next_allowed_at == clock.now + 50
+
+
+def test_forensics_are_stored_before_the_verb_and_the_verb_reaches_the_host(
+    sim: SimHandle, store: Store, clock: Clock
+) -> None:
+    sim.inject("io_stall")
+    gov = Governor(store, budget(), clock=clock)
+    inc, _ = store.open_incident("devvm", "rule", "r", "w", {})
+    out = asyncio.run(gov.execute("devvm", inc, Verb.CYCLE, pve_for(sim), trace={"qmp": "timeout"}))
+    assert out.result == "ok"
+    assert verbs(sim) == ["cycle"]
+    kinds = [s["kind"] for s in store.get_incident(inc)["steps"]]
+    assert kinds == ["forensics", "decision", "verb"]
+    assert out.forensics is not None
+    assert out.forensics["forensics"]["qmp"]["ok"] is False
+    [row] = store.get_incident(inc)["power_actions"]
+    assert (row["verb"], row["result"]) == ("cycle", "ok")
+    assert row["decision"]["trace"] == {"qmp": "timeout"}
+
+
+class CheckingPve(PveClient):
+    """A real PveClient that, just before sending, looks for its ledger row from another connection."""
+
+    seen: list[tuple[str, object]]
+
+    async def run(self, verb: Verb) -> CommandResult:
+        conn = sqlite3.connect(self.db)  # type: ignore[attr-defined]
+        self.seen = conn.execute("SELECT verb, result FROM ledger").fetchall()
+        conn.close()
+        return await super().run(verb)
+
+
+def test_the_ledger_row_is_committed_before_the_verb_is_sent(
+    sim: SimHandle, store: Store, clock: Clock, tmp_path: Path
+) -> None:
+    t = sim.config.targets[0]
+    pve = CheckingPve(t.pve, connect_timeout=2, command_timeout=5)
+    pve.db = tmp_path / "g.db"  # type: ignore[attr-defined]
+    gov = Governor(store, budget(), clock=clock)
+    inc, _ = store.open_incident("devvm", "rule", "r", "w", {})
+    asyncio.run(gov.execute("devvm", inc, Verb.RESET, pve))
+    assert pve.seen == [("reset", None)]
+
+
+def test_dry_run_records_the_decision_and_sends_nothing(sim: SimHandle, store: Store, clock: Clock) -> None:
+    gov = Governor(store, budget(dry_run=True), clock=clock)
+    inc, _ = store.open_incident("devvm", "rule", "r", "w", {})
+    out = asyncio.run(gov.execute("devvm", inc, Verb.CYCLE, pve_for(sim), trace={"why": "qmp dead"}))
+    assert out.result == "dry_run"
+    assert verbs(sim) == []
+    steps = store.get_incident(inc)["steps"]
+    assert any(s["data"].get("decision") == "would send cycle (dry run; nothing sent)" for s in steps)
+    assert gov.remaining("devvm")[0] == 3
+
+
+def test_a_grant_allows_exactly_one_more_action(sim: SimHandle, store: Store, clock: Clock) -> None:
+    gov = Governor(store, budget(max_actions=1, min_gap_seconds=0), clock=clock)
+    inc, _ = store.open_incident("devvm", "rule", "r", "w", {})
+    pve = pve_for(sim)
+    assert asyncio.run(gov.execute("devvm", inc, Verb.RESET, pve)).result == "ok"
+    assert asyncio.run(gov.execute("devvm", inc, Verb.RESET, pve)).result == "denied"
+    with pytest.raises(ValueError, match="needs who and why"):
+        gov.grant("devvm", "viktor", " ")
+    gov.grant("devvm", "viktor", "still wedged after the budget")
+    assert gov.remaining("devvm")[0] == 1
+    granted = asyncio.run(gov.execute("devvm", inc, Verb.CYCLE, pve))
+    assert granted.result == "ok"
+    assert granted.decision.used_grant is not None
+    assert asyncio.run(gov.execute("devvm", inc, Verb.CYCLE, pve)).result == "denied"
+    assert verbs(sim) == ["reset", "cycle"]
+
+
+@pytest.mark.parametrize("bad", ["status", Verb.STATUS, Verb.FORENSICS, "cycle", "cycle 103"])
+def test_only_power_verbs_pass_the_governor(store: Store, bad: object, sim: SimHandle) -> None:
+    gov = Governor(store, budget())
+    with pytest.raises(ValueError, match="not a power verb"):
+        asyncio.run(gov.execute("devvm", 1, bad, pve_for(sim)))  # type: ignore[arg-type]
+    assert sim.state()["verb_counts"] == {}
+
+
+CRASHER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from breakglass.store import Store
+    s = Store(sys.argv[1])
+    s.ledger_insert("devvm", None, "cycle", "watchdog")
+    os.kill(os.getpid(), signal.SIGKILL)  # dies between the ledger row and the verb
+    """
+)
+
+
+def test_a_kill_9_after_the_ledger_row_never_refunds_budget(tmp_path: Path) -> None:
+    db = tmp_path / "crash.db"
+    proc = subprocess.run([sys.executable, "-c", CRASHER, str(db)], check=False, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    store = Store(db)
+    gov = Governor(store, BudgetSettings(max_actions=1, window_seconds=3600, min_gap_seconds=0))
+    assert not gov.check("devvm", Verb.CYCLE).allowed
+    assert gov.recover() == 1
+    [row] = store.ledger_rows("devvm")
+    assert row["result"] == "unknown"
+    assert gov.recover() == 0  # never re-sent, never re-marked
+    assert not gov.check("devvm", Verb.CYCLE).allowed
+    store.close()
+    assert os.path.exists(db)

@@ -1,0 +1,192 @@
+"""The SQLite store: schema, single-flight incidents, transitions, steps, dedupe, silences, grants."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from breakglass.store import MIGRATIONS, Store
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> Store:
+    s = Store(tmp_path / "b.db", clock=clock)
+    yield s
+    s.close()
+
+
+def test_it_creates_a_versioned_schema_in_wal_mode(store: Store, tmp_path: Path) -> None:
+    assert store.schema_version() == len(MIGRATIONS)
+    conn = sqlite3.connect(tmp_path / "b.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_reopening_keeps_data_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    s = Store(tmp_path / "b.db")
+    s.open_incident("devvm", "rule", "r", "w", {})
+    s.close()
+    s = Store(tmp_path / "b.db")
+    assert len(s.list_incidents()) == 1
+    s.close()
+    conn = sqlite3.connect(tmp_path / "b.db")
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer than this breakglass understands"):
+        Store(tmp_path / "b.db")
+
+
+def test_a_second_trigger_attaches_to_the_active_incident(store: Store) -> None:
+    first, created = store.open_incident(
+        "devvm", "rule", "ssh down", "watchdog", {"conditions": ["ssh_down"]}
+    )
+    assert created
+    again, created2 = store.open_incident("devvm", "manual", "please look", "viktor", {"note": "slow"})
+    assert (again, created2) == (first, False)
+    other, created3 = store.open_incident("other", "rule", "x", "watchdog", {})
+    assert created3
+    assert other != first
+    inc = store.get_incident(first)
+    assert inc is not None
+    assert inc["evidence"] == {"conditions": ["ssh_down"]}
+    trigger = [s for s in inc["steps"] if s["kind"] == "trigger"]
+    assert trigger[0]["data"]["who"] == "viktor"
+
+
+def test_fifty_threads_opening_at_once_make_one_incident(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b.db")
+    barrier = threading.Barrier(50)
+    results: list[tuple[int, bool]] = []
+    lock = threading.Lock()
+
+    def go(n: int) -> None:
+        barrier.wait()
+        res = store.open_incident("devvm", "manual", f"press {n}", f"u{n}", {})
+        with lock:
+            results.append(res)
+
+    threads = [threading.Thread(target=go, args=(n,)) for n in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(created for _, created in results) == 1
+    assert len({i for i, _ in results}) == 1
+    inc = store.get_incident(results[0][0])
+    assert inc is not None
+    assert sum(1 for s in inc["steps"] if s["kind"] == "trigger") == 49
+    store.close()
+
+
+def test_transitions_follow_the_lifecycle_and_refuse_the_rest(store: Store, clock: Clock) -> None:
+    i, _ = store.open_incident("devvm", "rule", "r", "w", {})
+    assert not store.transition(i, "verifying", "skip ahead from open")
+    assert store.transition(i, "diagnosing", "looking")
+    clock.now += 5
+    assert store.transition(i, "resolved", "fine")
+    assert not store.transition(i, "diagnosing", "closed is final")
+    inc = store.get_incident(i)
+    assert inc is not None
+    assert inc["state"] == "resolved"
+    assert inc["closed_at"] == clock.now
+    assert [(t["from_state"], t["to_state"]) for t in inc["transitions"]] == [
+        (None, "open"),
+        ("open", "diagnosing"),
+        ("diagnosing", "resolved"),
+    ]
+    with pytest.raises(ValueError, match="unknown incident state"):
+        store.transition(i, "sleeping", "nope")
+
+
+def test_a_closed_incident_frees_the_target_for_a_new_one(store: Store, clock: Clock) -> None:
+    i, _ = store.open_incident("devvm", "rule", "r", "w", {})
+    store.transition(i, "escalated", "budget")
+    assert store.active_incident("devvm") is None
+    assert store.last_closed_at("devvm") == clock.now
+    assert store.last_resolved_at("devvm") is None
+    j, created = store.open_incident("devvm", "rule", "again", "w", {})
+    assert created
+    assert j != i
+
+
+def test_steps_keep_their_order_and_tokens_add_up(store: Store) -> None:
+    i, _ = store.open_incident("devvm", "rule", "r", "w", {})
+    for n in range(5):
+        store.add_step(i, "command", {"n": n})
+    store.add_tokens(i, 100, 20)
+    store.add_tokens(i, 50, 5)
+    store.set_report(i, "Found: x\nDid: y\nState now: z")
+    inc = store.get_incident(i)
+    assert inc is not None
+    assert [s["data"]["n"] for s in inc["steps"]] == [0, 1, 2, 3, 4]
+    assert (inc["tokens_in"], inc["tokens_out"]) == (150, 25)
+    assert inc["report"].startswith("Found: x")
+
+
+def test_an_alert_fingerprint_and_status_is_recorded_once(store: Store) -> None:
+    assert store.record_alert_once("abc", "firing")
+    assert not store.record_alert_once("abc", "firing")
+    assert store.record_alert_once("abc", "resolved")
+    store.forget_alert("abc", "firing")
+    assert store.record_alert_once("abc", "firing")
+
+
+def test_silences_expire(store: Store, clock: Clock) -> None:
+    sid = store.add_silence("devvm", "maintenance", "viktor", clock.now + 60)
+    assert store.active_silence("devvm", clock.now)["id"] == sid
+    assert store.active_silence("other", clock.now) is None
+    assert store.active_silence("devvm", clock.now + 61) is None
+    assert store.expire_silence(sid)
+    assert not store.expire_silence(sid)
+    assert store.active_silence("devvm", clock.now) is None
+
+
+def test_a_grant_is_spent_exactly_once(store: Store) -> None:
+    g = store.add_grant("devvm", "viktor", "VM still down after budget")
+    row = store.ledger_insert("devvm", None, "cycle", "runbook")
+    assert store.unused_grant("devvm")["id"] == g
+    assert store.use_grant(g, row)
+    assert not store.use_grant(g, row)
+    assert store.unused_grant("devvm") is None
+
+
+def test_the_ledger_counts_sent_unknown_and_in_flight_rows_but_not_denied_or_dry_run(
+    store: Store, clock: Clock
+) -> None:
+    a = store.ledger_insert("devvm", None, "cycle", "w")
+    store.ledger_finish(a, "ok", "done")
+    store.ledger_insert("devvm", None, "reset", "w")  # in flight
+    store.ledger_insert("devvm", None, "cycle", "w", result="denied")
+    store.ledger_insert("devvm", None, "cycle", "w", dry_run=True, result="dry_run")
+    assert [r["verb"] for r in store.ledger_actions("devvm", clock.now - 10)] == ["cycle", "reset"]
+    assert [r["verb"] for r in store.ledger_unfinished()] == ["reset"]
+    assert not store.ledger_finish(a, "failed", "a result is written once")
+    with pytest.raises(ValueError, match="unknown ledger result"):
+        store.ledger_finish(a, "maybe")
+
+
+def test_readings_round_trip_and_prune(store: Store) -> None:
+    from web_support import healthy_readings
+
+    store.add_readings(healthy_readings("devvm", at=100.0))
+    store.add_readings(healthy_readings("devvm", at=200.0))
+    assert store.latest_readings("devvm")["at"] == 200.0
+    assert [r["at"] for r in store.readings_since("devvm", 150)] == [200.0]
+    assert store.prune_readings(150) == 1
+    assert store.ping()
