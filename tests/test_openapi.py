@@ -23,6 +23,7 @@ from referencing.jsonschema import DRAFT202012
 from web_support import StoreCore, healthy_readings, record_power_action, web_config
 
 from breakglass.config import Config
+from breakglass.core import Core, CoreThread
 from breakglass.metrics import Metrics
 from breakglass.store import Store
 from breakglass.web.app import create_app
@@ -217,3 +218,22 @@ def test_any_query_string_gets_a_documented_answer_and_never_a_5xx(
     r = client.get(path)
     assert r.status_code in (200, 400)
     check_against_doc(doc, "get", path, r.status_code, r.get_json())
+
+
+def test_the_real_cores_status_matches_its_documented_schema(
+    doc: dict[str, Any], cfg: Config, store: Store
+) -> None:
+    metrics = Metrics(CollectorRegistry())
+    thread = CoreThread(Core(cfg, store=store, metrics=metrics), schedule=False)
+    handle = thread.start()
+    try:
+        handle.call(handle.core.process(healthy_readings("devvm")))
+        store.add_silence("other", "kernel upgrade", "alice", expires_at=4e9)
+        app = create_app(cfg, store=store, metrics=metrics, core=handle, testing=True)
+        body = app.test_client().get("/api/v1/status").get_json()
+    finally:
+        thread.stop()
+    by_name = {t["name"]: t for t in body["targets"]}
+    assert by_name["devvm"]["readings"] is not None
+    assert by_name["other"]["silence"]["reason"] == "kernel upgrade"
+    check_against_doc(doc, "get", "/api/v1/status", 200, body)

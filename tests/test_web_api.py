@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from web_support import StoreCore, healthy_readings, record_power_action, web_config
 
 from breakglass.config import Config
+from breakglass.core import Core, CoreThread
 from breakglass.metrics import Metrics
 from breakglass.store import Store
 from breakglass.web.app import create_app
@@ -375,3 +376,29 @@ def test_waitress_threads_serve_the_api_while_another_thread_writes_the_store(
         server.close()
         serving.join(5)
     assert not serving.is_alive()
+
+
+# -- with the real core -------------------------------------------------------
+
+
+def test_the_real_core_handle_answers_status_and_readiness_until_its_loop_stops(
+    cfg: Config, store: Store, metrics: Metrics
+) -> None:
+    thread = CoreThread(Core(cfg, store=store, metrics=metrics), schedule=False)
+    handle = thread.start()
+    try:
+        handle.call(handle.core.process(healthy_readings("devvm", at=3000.0)))
+        client = create_app(cfg, store=store, metrics=metrics, core=handle, testing=True).test_client()
+        assert client.get("/readyz").status_code == 200
+        body = client.get("/api/v1/status").get_json()
+        assert body["targets"][0]["name"] == "devvm"
+        assert body["targets"][0]["readings"]["at"] == 3000.0
+        assert body["targets"][0]["budget"]["remaining"] == cfg.budget.max_actions
+    finally:
+        thread.stop()
+    r = client.get("/readyz")
+    assert r.status_code == 503
+    assert r.get_json()["failed"] == ["core"]
+    r = client.get("/api/v1/status")
+    assert r.status_code == 503
+    assert r.get_json()["error"] == "core_unavailable"
