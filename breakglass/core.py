@@ -295,8 +295,19 @@ class CoreThread:
             return
         self._started.set()
         self.loop.run_forever()
-        self.loop.run_until_complete(self.core.stop())
+        self.loop.run_until_complete(self._shutdown())
         self.loop.close()
+
+    async def _shutdown(self) -> None:
+        await self.core.stop()
+        # Probe rounds and SSH connections still in flight end here, not in the GC.
+        me = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not me]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.loop.shutdown_asyncgens()
+        await self.loop.shutdown_default_executor()
 
     def start(self, timeout: float = 30.0) -> CoreHandle:
         """Start the loop thread; return the facade once the core has started."""

@@ -277,8 +277,10 @@ class IncidentManager:
     ) -> None:
         now_text = describe_readings(self.feed.latest(target))
         report = result.report or _report(result, now_text)
-        if result.report and state == "escalated":
-            report = f"{report}\n\nState now: {now_text}\nEscalated: {why}"
+        if result.report:
+            report = f"{report}\n\nState now: {now_text}"
+        if state == "escalated":
+            report = f"{report}\nEscalated: {why}"
         self.store.set_report(incident_id, report)
         self._close(incident_id, state, why)
         self.observers.emit(
