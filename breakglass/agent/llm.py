@@ -73,16 +73,29 @@ class AgentRemediator:
     ) -> None:
         self.settings = settings
         self.fallback = fallback
-        self._client = anthropic.AsyncAnthropic(
-            api_key=api_key,
-            base_url=settings.base_url,  # None: the SDK reads ANTHROPIC_BASE_URL or its default
-            max_retries=max_retries,
-            timeout=min(120.0, settings.wall_clock_seconds),
+        self._api_key = api_key
+        self._max_retries = max_retries
+
+    def _new_client(self) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(
+            api_key=self._api_key,
+            base_url=self.settings.base_url,  # None: the SDK reads ANTHROPIC_BASE_URL or its default
+            max_retries=self._max_retries,
+            timeout=min(120.0, self.settings.wall_clock_seconds),
         )
 
     async def remediate(self, ctx: RemediationContext) -> RemediationResult:
         """Run the loop; hand over to the fallback when the model cannot be used."""
-        loop = _Loop(self, ctx)
+        client = self._new_client()
+        try:
+            return await self._remediate(ctx, client)
+        finally:
+            await client.close()
+
+    async def _remediate(
+        self, ctx: RemediationContext, client: anthropic.AsyncAnthropic
+    ) -> RemediationResult:
+        loop = _Loop(self, ctx, client)
         try:
             return await loop.run()
         except anthropic.AuthenticationError as exc:
@@ -113,8 +126,11 @@ class AgentRemediator:
 class _Loop:
     """One incident's conversation."""
 
-    def __init__(self, agent: AgentRemediator, ctx: RemediationContext) -> None:
+    def __init__(
+        self, agent: AgentRemediator, ctx: RemediationContext, client: anthropic.AsyncAnthropic
+    ) -> None:
         self.agent = agent
+        self.client = client
         self.s = agent.settings
         self.ctx = ctx
         self.tools = Toolbox(ctx)
@@ -160,7 +176,7 @@ class _Loop:
         }
         if with_tools:
             kwargs["tools"] = TOOL_SCHEMAS
-        resp = await self.agent._client.messages.create(**kwargs)
+        resp = await self.client.messages.create(**kwargs)
         used_in, used_out = resp.usage.input_tokens, resp.usage.output_tokens
         self.tokens += used_in + used_out
         self.ctx.record(
