@@ -308,7 +308,7 @@ class RunbookRemediator:
         self._decide(ctx, f"power {verb.value}", because)
         out = await ctx.power(verb, trace={"because": because, "found": list(work.found)})
         if out.result == "ok":
-            work.did.append(f"{verb.value} ({because})")
+            work.did.append(f"sent {verb.value}")
             return None
         if out.result == "dry_run":
             work.did.append(f"would send {verb.value} (dry run)")
