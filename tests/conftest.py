@@ -16,6 +16,13 @@ import pytest
 from breakglass.sim.runner import SimHandle, SimThread
 
 
+@pytest.fixture(autouse=True)
+def _no_model_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never reach a real model: a key or base URL in the shell is ignored."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+
+
 @pytest.fixture
 def sim(tmp_path: Path) -> Iterator[SimHandle]:
     """A running simulator (``test`` profile) in ``tmp_path/sim``.

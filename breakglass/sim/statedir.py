@@ -41,8 +41,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "budget": {"max_actions": 3, "window_seconds": 3600.0, "min_gap_seconds": 1.0},
         "incidents": {"cooldown_seconds": 3.0, "verify_rounds": 2, "verify_timeout_seconds": 15.0},
-        # A stray ANTHROPIC_API_KEY in a developer's shell must not make tests call out.
-        "agent": {"enabled": "never"},
+        # auto: the model agent runs when ANTHROPIC_API_KEY is set (the test suite unsets it).
+        "agent": {"enabled": "auto"},
         "demo": False,
     },
     # Human scale: slow enough to watch, fast enough to finish a story in minutes.
