@@ -278,7 +278,7 @@ class IncidentManager:
         now_text = describe_readings(self.feed.latest(target))
         report = result.report or _report(result, now_text)
         if result.report:
-            report = f"{report}\n\nState now: {now_text}"
+            report = f"{report}\n\nWatchdog sees now: {now_text}"
         if state == "escalated":
             report = f"{report}\nEscalated: {why}"
         self.store.set_report(incident_id, report)
