@@ -8,6 +8,7 @@ coroutines with ``run_coroutine_threadsafe`` and waits with a timeout.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -128,6 +129,9 @@ class Core:
                 misfire_grace_time=max(1, int(p.interval_seconds)),
                 next_run_time=_now_datetime(),
             )
+        # A round that hangs until its timeout makes APScheduler skip the next ticks and
+        # warn each time; that is the design (max_instances=1), not news.
+        logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
         self.scheduler.start()
         log.info("core_started", targets=list(self.targets), interval=p.interval_seconds)
 
