@@ -1,0 +1,118 @@
+"""The core loop: the schedule keeps ticking through failures and hung rounds; suppression rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from harness import Running, override, start_core, wait_for
+
+from breakglass.core import Core, CoreThread
+from breakglass.metrics import Metrics
+from breakglass.sim.runner import SimHandle
+from breakglass.store import Store
+from breakglass.watchdog.probes import Readings
+
+
+class FlakyCore(Core):
+    """A core whose rule step throws on its first two rounds."""
+
+    failures = 0
+
+    async def process(self, readings: Readings) -> Readings:
+        if self.failures < 2:
+            self.failures += 1
+            raise RuntimeError("a rule blew up")
+        return await super().process(readings)
+
+
+def test_a_round_that_throws_is_counted_and_the_schedule_keeps_ticking(
+    sim: SimHandle, tmp_path: Path
+) -> None:
+    store = Store(tmp_path / "c.db")
+    metrics = Metrics()
+    core = FlakyCore(sim.config, store=store, metrics=metrics)
+    thread = CoreThread(core)
+    thread.start()
+    try:
+        wait_for(lambda: core.feed.latest("devvm"), within=10, what="a round after two failures")
+        assert core.failures == 2
+        assert (
+            metrics.registry.get_sample_value(
+                "breakglass_probe_rounds_total", {"target": "devvm", "result": "error"}
+            )
+            == 2
+        )
+    finally:
+        thread.stop()
+        store.close()
+
+
+def _rounds_after(r: Running, at: float, n: int, within: float) -> list[Readings]:
+    seen: list[Readings] = []
+
+    def more() -> bool:
+        latest = r.core.feed.latest(r.target)
+        if latest is not None and latest.at > (seen[-1].at if seen else at):
+            seen.append(latest)
+        return len(seen) >= n
+
+    wait_for(more, within=within, what=f"{n} rounds", every=0.02)
+    return seen
+
+
+def test_a_hung_vm_gives_failed_rounds_within_the_round_timeout_and_never_blocks(
+    sim: SimHandle, tmp_path: Path
+) -> None:
+    # The rules are slowed so nothing acts: this is about the schedule alone.
+    cfg = override(sim.config, rules={"ssh_rounds": 1000, "guest_agent_rounds": 1000})
+    r = start_core(cfg, tmp_path / "c.db")
+    try:
+        first = _rounds_after(r, 0, 1, 10)[0]
+        sim.inject("io_stall")
+        rounds = _rounds_after(r, first.at, 3, 3 * (cfg.probe.round_timeout_seconds + 2))
+        assert all(not x.ssh_ok for x in rounds[1:])
+        assert all(x.duration_seconds <= cfg.probe.round_timeout_seconds + 0.5 for x in rounds)
+        assert r.incidents() == []
+    finally:
+        r.stop()
+
+
+def test_a_silence_stops_automatic_incidents_but_not_manual_ones(sim: SimHandle, tmp_path: Path) -> None:
+    r = start_core(sim.config, tmp_path / "c.db")
+    try:
+        wait_for(lambda: r.core.feed.latest(r.target), within=10, what="a first round")
+        r.store.add_silence(r.target, "maintenance window", "viktor", r.core.clock() + 3600)
+        sim.inject("unit_failed")
+        latest = r.core.feed.latest(r.target)
+        assert latest is not None
+        _rounds_after(r, latest.at, 4, 15)
+        assert "units_failed" in r.core.targets[r.target].conditions
+        assert r.incidents() == []
+        res = r.handle.trigger(r.target, trigger="manual", reason="look anyway", who="viktor")
+        assert res.created
+        inc = r.wait_closed(res.incident_id)
+        assert inc["state"] == "resolved"
+        assert inc["who"] == "viktor"
+    finally:
+        r.stop()
+
+
+def test_after_a_resolve_automatic_triggers_wait_the_cooldown(sim: SimHandle, tmp_path: Path) -> None:
+    cfg = override(sim.config, incidents={"cooldown_seconds": 3600})
+    r = start_core(cfg, tmp_path / "c.db")
+    try:
+        wait_for(lambda: r.core.feed.latest(r.target), within=10, what="a first round")
+        sim.inject("unit_failed")
+        first = r.wait_closed(r.wait_opened()["id"])
+        assert first["state"] == "resolved"
+        sim.inject("unit_failed")
+        res: Any = r.handle.call(
+            r.core.manager.trigger(r.target, trigger="rule", reason="again", evidence={})
+        )
+        assert res.suppressed == "cooldown"
+        assert res.incident_id is None
+        manual = r.handle.trigger(r.target, trigger="manual", reason="now please", who="viktor")
+        assert manual.created
+    finally:
+        r.stop()
