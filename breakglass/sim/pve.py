@@ -46,6 +46,12 @@ async def run(vm: SimVM, command: str) -> ExecResult:
         return _json(await _status(vm))
     if command == "forensics":
         return _json(await _forensics(vm))
+    # Like the real forced command (which ignores SIGHUP), an accepted power verb runs
+    # to the end even when the client hangs up halfway.
+    return await asyncio.shield(asyncio.ensure_future(_power(vm, command)))
+
+
+async def _power(vm: SimVM, command: str) -> ExecResult:
     received = vm.clock()
     vm.forensics_log.append(await _forensics(vm))
     ok, message = await _act(vm, command)
