@@ -14,6 +14,31 @@ from typing import Any
 import pytest
 
 from breakglass.sim.runner import SimHandle, SimThread
+from breakglass.store import Store
+
+
+class FakeClock:
+    """A settable clock for code that takes ``clock=``."""
+
+    def __init__(self, now: float = 2_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake clock starting at a fixed epoch time."""
+    return FakeClock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
+    """A fresh SQLite store in ``tmp_path`` on the fake clock."""
+    s = Store(tmp_path / "store.db", clock=clock)
+    yield s
+    s.close()
 
 
 @pytest.fixture(autouse=True)

@@ -12,32 +12,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import FakeClock
 
 from breakglass.config import BudgetSettings
 from breakglass.incidents.governor import Governor
 from breakglass.remote import CommandResult, PveClient, Verb
 from breakglass.sim.runner import SimHandle
 from breakglass.store import Store
-
-
-class Clock:
-    def __init__(self, now: float = 2_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Store:
-    s = Store(tmp_path / "g.db", clock=clock)
-    yield s
-    s.close()
 
 
 def pve_for(sim: SimHandle) -> PveClient:
@@ -55,7 +36,7 @@ def verbs(sim: SimHandle) -> list[str]:
 
 
 def test_the_window_allows_max_actions_then_names_when_the_next_is_allowed(
-    sim: SimHandle, store: Store, clock: Clock
+    sim: SimHandle, store: Store, clock: FakeClock
 ) -> None:
     gov = Governor(store, budget(), clock=clock)
     inc, _ = store.open_incident("devvm", "rule", "r", "w", {})
@@ -75,7 +56,9 @@ def test_the_window_allows_max_actions_then_names_when_the_next_is_allowed(
     assert gov.check("devvm", Verb.CYCLE).allowed
 
 
-def test_the_minimum_gap_refuses_a_quick_second_action(sim: SimHandle, store: Store, clock: Clock) -> None:
+def test_the_minimum_gap_refuses_a_quick_second_action(
+    sim: SimHandle, store: Store, clock: FakeClock
+) -> None:
     gov = Governor(store, budget(), clock=clock)
     inc, _ = store.open_incident("devvm", "rule", "r", "w", {})
     asyncio.run(gov.execute("devvm", inc, Verb.RESET, pve_for(sim)))
@@ -87,7 +70,7 @@ def test_the_minimum_gap_refuses_a_quick_second_action(sim: SimHandle, store: St
 
 
 def test_forensics_are_stored_before_the_verb_and_the_verb_reaches_the_host(
-    sim: SimHandle, store: Store, clock: Clock
+    sim: SimHandle, store: Store, clock: FakeClock
 ) -> None:
     sim.inject("io_stall")
     gov = Governor(store, budget(), clock=clock)
@@ -117,18 +100,20 @@ class CheckingPve(PveClient):
 
 
 def test_the_ledger_row_is_committed_before_the_verb_is_sent(
-    sim: SimHandle, store: Store, clock: Clock, tmp_path: Path
+    sim: SimHandle, store: Store, clock: FakeClock, tmp_path: Path
 ) -> None:
     t = sim.config.targets[0]
     pve = CheckingPve(t.pve, connect_timeout=2, command_timeout=5)
-    pve.db = tmp_path / "g.db"  # type: ignore[attr-defined]
+    pve.db = tmp_path / "store.db"  # type: ignore[attr-defined]
     gov = Governor(store, budget(), clock=clock)
     inc, _ = store.open_incident("devvm", "rule", "r", "w", {})
     asyncio.run(gov.execute("devvm", inc, Verb.RESET, pve))
     assert pve.seen == [("reset", None)]
 
 
-def test_dry_run_records_the_decision_and_sends_nothing(sim: SimHandle, store: Store, clock: Clock) -> None:
+def test_dry_run_records_the_decision_and_sends_nothing(
+    sim: SimHandle, store: Store, clock: FakeClock
+) -> None:
     gov = Governor(store, budget(dry_run=True), clock=clock)
     inc, _ = store.open_incident("devvm", "rule", "r", "w", {})
     out = asyncio.run(gov.execute("devvm", inc, Verb.CYCLE, pve_for(sim), trace={"why": "qmp dead"}))
@@ -139,7 +124,7 @@ def test_dry_run_records_the_decision_and_sends_nothing(sim: SimHandle, store: S
     assert gov.remaining("devvm")[0] == 3
 
 
-def test_a_grant_allows_exactly_one_more_action(sim: SimHandle, store: Store, clock: Clock) -> None:
+def test_a_grant_allows_exactly_one_more_action(sim: SimHandle, store: Store, clock: FakeClock) -> None:
     gov = Governor(store, budget(max_actions=1, min_gap_seconds=0), clock=clock)
     inc, _ = store.open_incident("devvm", "rule", "r", "w", {})
     pve = pve_for(sim)

@@ -7,33 +7,14 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import FakeClock
 
 from breakglass.store import MIGRATIONS, Store
 
 
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Store:
-    s = Store(tmp_path / "b.db", clock=clock)
-    yield s
-    s.close()
-
-
 def test_it_creates_a_versioned_schema_in_wal_mode(store: Store, tmp_path: Path) -> None:
     assert store.schema_version() == len(MIGRATIONS)
-    conn = sqlite3.connect(tmp_path / "b.db")
+    conn = sqlite3.connect(tmp_path / "store.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
 
@@ -94,7 +75,7 @@ def test_fifty_threads_opening_at_once_make_one_incident(tmp_path: Path) -> None
     store.close()
 
 
-def test_transitions_follow_the_lifecycle_and_refuse_the_rest(store: Store, clock: Clock) -> None:
+def test_transitions_follow_the_lifecycle_and_refuse_the_rest(store: Store, clock: FakeClock) -> None:
     i, _ = store.open_incident("devvm", "rule", "r", "w", {})
     assert not store.transition(i, "verifying", "skip ahead from open")
     assert store.transition(i, "diagnosing", "looking")
@@ -114,7 +95,7 @@ def test_transitions_follow_the_lifecycle_and_refuse_the_rest(store: Store, cloc
         store.transition(i, "sleeping", "nope")
 
 
-def test_a_closed_incident_frees_the_target_for_a_new_one(store: Store, clock: Clock) -> None:
+def test_a_closed_incident_frees_the_target_for_a_new_one(store: Store, clock: FakeClock) -> None:
     i, _ = store.open_incident("devvm", "rule", "r", "w", {})
     store.transition(i, "escalated", "budget")
     assert store.active_incident("devvm") is None
@@ -147,7 +128,7 @@ def test_an_alert_fingerprint_and_status_is_recorded_once(store: Store) -> None:
     assert store.record_alert_once("abc", "firing")
 
 
-def test_silences_expire(store: Store, clock: Clock) -> None:
+def test_silences_expire(store: Store, clock: FakeClock) -> None:
     sid = store.add_silence("devvm", "maintenance", "viktor", clock.now + 60)
     assert store.active_silence("devvm", clock.now)["id"] == sid
     assert store.active_silence("other", clock.now) is None
@@ -167,7 +148,7 @@ def test_a_grant_is_spent_exactly_once(store: Store) -> None:
 
 
 def test_the_ledger_counts_sent_unknown_and_in_flight_rows_but_not_denied_or_dry_run(
-    store: Store, clock: Clock
+    store: Store, clock: FakeClock
 ) -> None:
     a = store.ledger_insert("devvm", None, "cycle", "w")
     store.ledger_finish(a, "ok", "done")
