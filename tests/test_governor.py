@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,8 @@ from conftest import FakeClock
 from breakglass.config import BudgetSettings
 from breakglass.incidents.governor import Governor
 from breakglass.remote import CommandResult, PveClient, Verb
-from breakglass.sim.runner import SimHandle
+from breakglass.sim.runner import SimHandle, SimThread
+from breakglass.sim.vm import SimTiming
 from breakglass.store import Store
 
 
@@ -52,7 +56,9 @@ def test_the_window_allows_max_actions_then_names_when_the_next_is_allowed(
     assert denied.decision.next_allowed_at == first_at + 3600
     assert verbs(sim) == ["start", "start", "start"]
     assert gov.remaining("devvm") == (0, first_at + 3600)
-    clock.now = first_at + 3600.5
+    clock.now = first_at + 3599.9
+    assert not gov.check("devvm", Verb.CYCLE).allowed
+    clock.now = first_at + 3600  # next_allowed_at is the first moment allowed, not a moment before
     assert gov.check("devvm", Verb.CYCLE).allowed
 
 
@@ -139,6 +145,54 @@ def test_a_grant_allows_exactly_one_more_action(sim: SimHandle, store: Store, cl
     assert granted.decision.used_grant is not None
     assert asyncio.run(gov.execute("devvm", inc, Verb.CYCLE, pve)).result == "denied"
     assert verbs(sim) == ["reset", "cycle"]
+
+
+def test_a_grant_does_not_skip_the_minimum_gap(sim: SimHandle, store: Store, clock: FakeClock) -> None:
+    gov = Governor(store, budget(max_actions=1, min_gap_seconds=600), clock=clock)
+    inc, _ = store.open_incident("devvm", "rule", "r", "w", {})
+    assert asyncio.run(gov.execute("devvm", inc, Verb.RESET, pve_for(sim))).result == "ok"
+    gov.grant("devvm", "viktor", "one more")
+    clock.now += 30
+    d = gov.check("devvm", Verb.CYCLE)
+    assert (d.allowed, d.next_allowed_at) == (False, clock.now + 570)
+    assert d.reason.startswith("minimum gap")
+    clock.now += 570
+    assert gov.check("devvm", Verb.CYCLE).used_grant is not None
+
+
+@pytest.fixture
+def slow_stop_sim(tmp_path: Path) -> Iterator[SimHandle]:
+    """A simulator whose Proxmox host takes 3 s to stop the VM, so a cycle stays in flight."""
+    timing = dataclasses.replace(SimTiming.profile("test"), stop_seconds=3.0)
+    with SimThread() as thread:
+        yield thread.serve(tmp_path / "sim", "test", timing=timing)
+
+
+def test_a_verb_cancelled_in_flight_is_recorded_unknown_and_still_counts(
+    slow_stop_sim: SimHandle, store: Store, clock: FakeClock
+) -> None:
+    sim = slow_stop_sim
+    gov = Governor(store, budget(max_actions=1, min_gap_seconds=0), clock=clock)
+    inc, _ = store.open_incident("devvm", "rule", "r", "w", {})
+
+    async def cancel_mid_send() -> None:
+        task = asyncio.create_task(gov.execute("devvm", inc, Verb.CYCLE, pve_for(sim)))
+        deadline = time.monotonic() + 10
+        # Cancel only once the host has accepted the verb: its outcome is then truly unknown.
+        while (await asyncio.to_thread(sim.state))["verb_counts"].get("cycle") != 1:
+            assert time.monotonic() < deadline, "the cycle never reached the host"
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_mid_send())
+    [row] = store.ledger_rows("devvm")
+    assert (row["verb"], row["result"]) == ("cycle", "unknown")
+    assert "interrupted while sending" in row["detail"]
+    assert store.get_incident(inc)["steps"][-1]["data"]["result"] == "unknown"
+    assert gov.recover() == 0  # already settled; nothing to re-mark, nothing re-sent
+    assert not gov.check("devvm", Verb.CYCLE).allowed
 
 
 @pytest.mark.parametrize("bad", ["status", Verb.STATUS, Verb.FORENSICS, "cycle", "cycle 103"])

@@ -156,6 +156,7 @@ def test_the_ledger_counts_sent_unknown_and_in_flight_rows_but_not_denied_or_dry
     store.ledger_insert("devvm", None, "cycle", "w", result="denied")
     store.ledger_insert("devvm", None, "cycle", "w", dry_run=True, result="dry_run")
     assert [r["verb"] for r in store.ledger_actions("devvm", clock.now - 10)] == ["cycle", "reset"]
+    assert store.ledger_actions("devvm", clock.now) == []  # strictly after: a row ages out at at + window
     assert [r["verb"] for r in store.ledger_unfinished()] == ["reset"]
     assert not store.ledger_finish(a, "failed", "a result is written once")
     with pytest.raises(ValueError, match="unknown ledger result"):

@@ -13,6 +13,16 @@ For each power verb it:
    so a crash or ``kill -9`` never refunds budget;
 5. sends the verb and records the outcome.
 
+Outcomes: ``ok`` (exit 0), ``failed`` (non-zero exit, or a connection that
+was refused or failed authentication/host-key checks, so nothing was sent),
+``unknown`` (a timeout, a dropped connection, bad output, or cancellation
+after the row was written: the host may have acted), ``denied`` and
+``dry_run``. ``ok``, ``failed``, ``unknown`` and rows still in flight count
+against the budget; ``denied`` and ``dry_run`` do not.
+
+A grant lifts the window budget by exactly one action; the minimum gap
+still applies, so a grant never allows two verbs in quick succession.
+
 On start, :meth:`Governor.recover` marks rows that never got an outcome as
 ``unknown``: they still count, and they are never re-sent.
 """
@@ -31,6 +41,8 @@ from breakglass.store import Store
 
 # Failures that prove the verb never reached the host: nothing was sent.
 _NOT_SENT = frozenset({"refused", "host_key", "auth", "unreachable"})
+# The ledger keeps the start of a verb's output; the incident step keeps all of it.
+_DETAIL_CAP = 2000
 
 
 @dataclass(frozen=True)
@@ -243,8 +255,16 @@ class Governor:
             "decision",
             {"decision": f"send {verb.value}", "because": decision.reason, "ledger_id": row, "trace": trace},
         )
-        result, output = await self._send(pve, verb)
-        self.store.ledger_finish(row, result, output[:2000])
+        try:
+            result, output = await self._send(pve, verb)
+        except BaseException as exc:
+            # Cancelled (the core stopping) or an unexpected error mid-send: the verb may
+            # have reached the host. Say so now rather than at the next start; re-raise.
+            self.store.ledger_finish(row, "unknown", f"interrupted while sending: {exc!r}")
+            step(incident_id, "verb", {"verb": verb.value, "result": "unknown", "output": repr(exc)})
+            self._emit(target, verb, "unknown", decision)
+            raise
+        self.store.ledger_finish(row, result, output[:_DETAIL_CAP])
         step(incident_id, "verb", {"verb": verb.value, "result": result, "output": output})
         self._emit(target, verb, result, decision)
         return PowerOutcome(verb, result, decision, row, output, forensics)

@@ -1,0 +1,143 @@
+"""The only package that speaks SQL: SQLite in WAL mode, schema versioned.
+
+Holds readings, incidents (with their steps and state transitions), the
+power-action ledger and its grants, silences, and the Alertmanager dedupe
+set. Conventions, the same for every method:
+
+- rows come back as plain dicts (``None`` when a single row is missing);
+  JSON columns (readings, evidence, step data, ledger decisions) are decoded;
+- times are epoch seconds (floats) from the injected ``clock``;
+- each thread gets its own connection; every write runs in a ``BEGIN
+  IMMEDIATE`` transaction and is committed before the method returns, so a
+  single active incident per target (also a partial UNIQUE index) and a
+  ledger row written before its verb hold under concurrency and ``kill -9``.
+
+Secrets are never stored here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from breakglass.store.db import Database, dumps, loads
+from breakglass.store.incidents import IncidentRecords
+from breakglass.store.ledger import PowerLedger
+from breakglass.store.schema import (
+    ACTIVE_STATES,
+    ALLOWED,
+    CLOSED_STATES,
+    LEDGER_RESULTS,
+    MIGRATIONS,
+    STATES,
+)
+from breakglass.watchdog.probes import Readings
+
+__all__ = [
+    "ACTIVE_STATES",
+    "ALLOWED",
+    "CLOSED_STATES",
+    "LEDGER_RESULTS",
+    "MIGRATIONS",
+    "STATES",
+    "Database",
+    "Store",
+]
+
+
+class Store(IncidentRecords, PowerLedger):
+    """SQLite-backed storage shared by the core loop and the web threads.
+
+    ``Store(path, *, clock=time.time)``; ``close()`` when done.
+    """
+
+    # -- readings --------------------------------------------------------
+
+    def add_readings(self, r: Readings) -> None:
+        """Store one probe round."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO readings (target, at, data) VALUES (?, ?, ?)",
+                (r.target, r.at, dumps(r.to_dict())),
+            )
+
+    def latest_readings(self, target: str) -> dict[str, Any] | None:
+        """The newest stored round for ``target``, as a dict."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT data FROM readings WHERE target = ? ORDER BY at DESC, id DESC LIMIT 1", (target,)
+            )
+            .fetchone()
+        )
+        return loads(row["data"]) if row else None
+
+    def readings_since(self, target: str, since: float) -> list[dict[str, Any]]:
+        """Rounds for ``target`` at or after ``since``, oldest first."""
+        rows = self._conn().execute(
+            "SELECT data FROM readings WHERE target = ? AND at >= ? ORDER BY at, id", (target, since)
+        )
+        return [loads(r["data"]) for r in rows]
+
+    def prune_readings(self, older_than: float) -> int:
+        """Delete rounds taken before ``older_than``; return how many."""
+        with self._tx() as conn:
+            return conn.execute("DELETE FROM readings WHERE at < ?", (older_than,)).rowcount
+
+    # -- silences and alert dedupe ---------------------------------------
+
+    def add_silence(self, target: str, reason: str, who: str, expires_at: float) -> int:
+        """Silence automatic incidents for ``target`` until ``expires_at``."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT INTO silences (target, reason, who, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                (target, reason, who, self.clock(), expires_at),
+            )
+            return int(cur.lastrowid or 0)
+
+    def active_silence(self, target: str, now: float) -> dict[str, Any] | None:
+        """The silence in force for ``target`` at ``now`` that lasts longest, if any."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT * FROM silences WHERE target = ? AND created_at <= ? AND expires_at > ? "
+                "ORDER BY expires_at DESC LIMIT 1",
+                (target, now, now),
+            )
+            .fetchone()
+        )
+        return dict(row) if row else None
+
+    def list_silences(self, now: float) -> list[dict[str, Any]]:
+        """Silences in force at ``now``."""
+        rows = self._conn().execute("SELECT * FROM silences WHERE expires_at > ? ORDER BY expires_at", (now,))
+        return [dict(r) for r in rows]
+
+    def expire_silence(self, silence_id: int) -> bool:
+        """End a silence now; False if it did not exist or had ended."""
+        now = self.clock()
+        with self._tx() as conn:
+            return (
+                conn.execute(
+                    "UPDATE silences SET expires_at = ? WHERE id = ? AND expires_at > ?",
+                    (now, silence_id, now),
+                ).rowcount
+                == 1
+            )
+
+    # -- alert dedupe ----------------------------------------------------
+
+    def record_alert_once(self, fingerprint: str, status: str) -> bool:
+        """True the first time this (fingerprint, status) pair is seen."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO alerts_seen (fingerprint, status, first_seen) VALUES (?, ?, ?)",
+                (fingerprint, status, self.clock()),
+            )
+            return cur.rowcount == 1
+
+    def forget_alert(self, fingerprint: str, status: str) -> None:
+        """Forget a pair so that a later repeat is new again (an alert that fires anew)."""
+        with self._tx() as conn:
+            conn.execute(
+                "DELETE FROM alerts_seen WHERE fingerprint = ? AND status = ?", (fingerprint, status)
+            )

@@ -1,0 +1,100 @@
+"""Connections, transactions and migrations shared by every part of the store."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from breakglass.store.schema import MIGRATIONS
+
+
+def loads(text: str | None) -> Any:
+    """Decode a JSON column; an empty column is an empty dict."""
+    return json.loads(text) if text else {}
+
+
+def dumps(data: Any) -> str:
+    """Encode a JSON column compactly (anything unusual as its str)."""
+    return json.dumps(data, default=str, separators=(",", ":"))
+
+
+class Database:
+    """One SQLite file in WAL mode, one connection per thread, schema migrated on open."""
+
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._migrate()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: transactions are explicit (see _tx), never implicit.
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed ledger row survives a power loss, not only a crash.
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """An IMMEDIATE transaction: writers are serialised, readers go on."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._tx() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"{self.path}: schema version {version} is newer than this breakglass "
+                    f"understands ({len(MIGRATIONS)}); upgrade breakglass"
+                )
+            for n, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                # executescript() would commit on its own; statement by statement keeps
+                # a migration and its version bump in one transaction.
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {n}")
+
+    def schema_version(self) -> int:
+        """The schema version this file is at."""
+        return int(self._conn().execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        """Close every connection this store opened."""
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+    def ping(self) -> bool:
+        """True when the database answers a query."""
+        try:
+            self._conn().execute("SELECT 1").fetchone()
+        except sqlite3.Error:
+            return False
+        return True

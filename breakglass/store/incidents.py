@@ -1,0 +1,175 @@
+"""Incidents: single-flight opening, the lifecycle, steps as they happen."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from breakglass.store.db import Database, dumps, loads
+from breakglass.store.ledger import ledger_row
+from breakglass.store.schema import ALLOWED, CLOSED_STATES, STATES
+
+
+class IncidentRecords(Database):
+    """Incidents with their steps, transitions and power actions."""
+
+    def open_incident(
+        self, target: str, trigger: str, reason: str, who: str, evidence: dict[str, Any]
+    ) -> tuple[int, bool]:
+        """Open an incident, or attach this trigger to the active one: ``(id, created)``."""
+        now = self.clock()
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT id FROM incidents WHERE target = ? "
+                "AND state IN ('open','diagnosing','remediating','verifying')",
+                (target,),
+            ).fetchone()
+            if row is not None:
+                conn.execute(
+                    "INSERT INTO steps (incident_id, at, kind, data) VALUES (?, ?, 'trigger', ?)",
+                    (
+                        row["id"],
+                        now,
+                        dumps({"trigger": trigger, "reason": reason, "who": who, "evidence": evidence}),
+                    ),
+                )
+                return int(row["id"]), False
+            cur = conn.execute(
+                "INSERT INTO incidents (target, trigger, who, reason, state, opened_at, evidence) "
+                "VALUES (?, ?, ?, ?, 'open', ?, ?)",
+                (target, trigger, who, reason, now, dumps(evidence)),
+            )
+            incident_id = int(cur.lastrowid or 0)
+            conn.execute(
+                "INSERT INTO transitions (incident_id, at, from_state, to_state, reason) "
+                "VALUES (?, ?, NULL, 'open', ?)",
+                (incident_id, now, f"{trigger}: {reason}"),
+            )
+            return incident_id, True
+
+    def transition(self, incident_id: int, new_state: str, reason: str) -> bool:
+        """Move an incident to ``new_state`` if allowed from its current state; False otherwise."""
+        if new_state not in STATES:
+            raise ValueError(f"unknown incident state {new_state!r}")
+        allowed_from = [s for s, nxt in ALLOWED.items() if new_state in nxt]
+        now = self.clock()
+        with self._tx() as conn:
+            row = conn.execute("SELECT state FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+            if row is None or row["state"] not in allowed_from:
+                return False
+            closed_at = now if new_state in CLOSED_STATES else None
+            conn.execute(
+                "UPDATE incidents SET state = ?, closed_at = ? WHERE id = ? AND state = ?",
+                (new_state, closed_at, incident_id, row["state"]),
+            )
+            conn.execute(
+                "INSERT INTO transitions (incident_id, at, from_state, to_state, reason) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (incident_id, now, row["state"], new_state, reason),
+            )
+            return True
+
+    def add_step(self, incident_id: int, kind: str, data: dict[str, Any]) -> int:
+        """Record one step of an incident as it happens; return its id."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT INTO steps (incident_id, at, kind, data) VALUES (?, ?, ?, ?)",
+                (incident_id, self.clock(), kind, dumps(data)),
+            )
+            return int(cur.lastrowid or 0)
+
+    def set_report(self, incident_id: int, text: str) -> None:
+        """Set the incident's end report."""
+        with self._tx() as conn:
+            conn.execute("UPDATE incidents SET report = ? WHERE id = ?", (text, incident_id))
+
+    def add_tokens(self, incident_id: int, input_tokens: int, output_tokens: int) -> None:
+        """Add model token usage to an incident's totals."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE incidents SET tokens_in = tokens_in + ?, tokens_out = tokens_out + ? WHERE id = ?",
+                (input_tokens, output_tokens, incident_id),
+            )
+
+    def _incident_row(self, row: sqlite3.Row) -> dict[str, Any]:
+        d = dict(row)
+        d["evidence"] = loads(d.get("evidence"))
+        return d
+
+    def get_incident(self, incident_id: int) -> dict[str, Any] | None:
+        """One incident with its steps, transitions and power actions, or None."""
+        conn = self._conn()
+        row = conn.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+        if row is None:
+            return None
+        inc = self._incident_row(row)
+        inc["steps"] = [
+            {"id": s["id"], "at": s["at"], "kind": s["kind"], "data": loads(s["data"])}
+            for s in conn.execute("SELECT * FROM steps WHERE incident_id = ? ORDER BY id", (incident_id,))
+        ]
+        inc["transitions"] = [
+            dict(t)
+            for t in conn.execute(
+                "SELECT at, from_state, to_state, reason FROM transitions WHERE incident_id = ? ORDER BY id",
+                (incident_id,),
+            )
+        ]
+        inc["power_actions"] = [
+            ledger_row(p)
+            for p in conn.execute("SELECT * FROM ledger WHERE incident_id = ? ORDER BY id", (incident_id,))
+        ]
+        return inc
+
+    def list_incidents(
+        self, target: str | None = None, limit: int = 50, states: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Incidents newest first (without steps), optionally filtered."""
+        where, args = [], []
+        if target is not None:
+            where.append("target = ?")
+            args.append(target)
+        if states:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            args.extend(states)
+        sql = "SELECT * FROM incidents"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        return [self._incident_row(r) for r in self._conn().execute(sql, (*args, int(limit)))]
+
+    def active_incident(self, target: str) -> dict[str, Any] | None:
+        """The target's active incident (without steps), if any."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT * FROM incidents WHERE target = ? "
+                "AND state IN ('open','diagnosing','remediating','verifying')",
+                (target,),
+            )
+            .fetchone()
+        )
+        return self._incident_row(row) if row else None
+
+    def last_closed_at(self, target: str) -> float | None:
+        """When the target's most recently closed incident closed."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT MAX(closed_at) AS t FROM incidents WHERE target = ? AND closed_at IS NOT NULL",
+                (target,),
+            )
+            .fetchone()
+        )
+        return row["t"] if row else None
+
+    def last_resolved_at(self, target: str) -> float | None:
+        """When the target's most recently resolved incident closed."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT MAX(closed_at) AS t FROM incidents WHERE target = ? AND state = 'resolved'", (target,)
+            )
+            .fetchone()
+        )
+        return row["t"] if row else None

@@ -1,0 +1,151 @@
+"""The power-action ledger and its grants (written and read by the Governor only)."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from breakglass.store.db import Database, dumps, loads
+from breakglass.store.schema import LEDGER_RESULTS
+
+
+def ledger_row(row: sqlite3.Row) -> dict[str, Any]:
+    """A ledger row as a dict: ``dry_run`` a bool, ``decision`` decoded."""
+    d = dict(row)
+    d["dry_run"] = bool(d["dry_run"])
+    d["decision"] = loads(d.get("decision"))
+    return d
+
+
+class PowerLedger(Database):
+    """Every power verb decided, in flight or sent; grants of one extra action.
+
+    Rows that count against the budget: not dry run, and sent, in flight (no result)
+    or of unknown outcome. Denied and dry-run rows are kept for the record only.
+    """
+
+    def ledger_insert(
+        self,
+        target: str,
+        incident_id: int | None,
+        verb: str,
+        who: str,
+        *,
+        dry_run: bool = False,
+        decision: dict[str, Any] | None = None,
+        result: str | None = None,
+    ) -> int:
+        """Write a ledger row and commit it before returning (before any verb is sent)."""
+        if result is not None and result not in LEDGER_RESULTS:
+            raise ValueError(f"unknown ledger result {result!r}")
+        now = self.clock()
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT INTO ledger (target, incident_id, verb, who, dry_run, decision, at, result, "
+                "finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    target,
+                    incident_id,
+                    verb,
+                    who,
+                    int(dry_run),
+                    dumps(decision or {}),
+                    now,
+                    result,
+                    now if result is not None else None,
+                ),
+            )
+            return int(cur.lastrowid or 0)
+
+    def ledger_finish(self, row_id: int, result: str, detail: str = "") -> bool:
+        """Record a row's outcome once; False if it already had one."""
+        if result not in LEDGER_RESULTS:
+            raise ValueError(f"unknown ledger result {result!r}")
+        with self._tx() as conn:
+            return (
+                conn.execute(
+                    "UPDATE ledger SET result = ?, detail = ?, finished_at = ? "
+                    "WHERE id = ? AND result IS NULL",
+                    (result, detail, self.clock(), row_id),
+                ).rowcount
+                == 1
+            )
+
+    def ledger_actions(self, target: str, since: float) -> list[dict[str, Any]]:
+        """Rows that count against the budget taken after ``since``, oldest first.
+
+        Strictly after: a row taken at ``t`` stops counting at ``t + window`` exactly,
+        so the Governor's ``next_allowed_at`` is the first moment that is allowed.
+        """
+        rows = self._conn().execute(
+            "SELECT * FROM ledger WHERE target = ? AND at > ? AND dry_run = 0 "
+            "AND (result IS NULL OR result IN ('ok', 'failed', 'unknown')) ORDER BY at, id",
+            (target, since),
+        )
+        return [ledger_row(r) for r in rows]
+
+    def ledger_last_action(self, target: str) -> dict[str, Any] | None:
+        """The newest row that counts against the budget, whenever it was."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT * FROM ledger WHERE target = ? AND dry_run = 0 "
+                "AND (result IS NULL OR result IN ('ok', 'failed', 'unknown')) "
+                "ORDER BY at DESC, id DESC LIMIT 1",
+                (target,),
+            )
+            .fetchone()
+        )
+        return ledger_row(row) if row else None
+
+    def ledger_unfinished(self) -> list[dict[str, Any]]:
+        """Rows whose verb may have been sent but whose outcome was never recorded."""
+        rows = self._conn().execute("SELECT * FROM ledger WHERE result IS NULL ORDER BY id")
+        return [ledger_row(r) for r in rows]
+
+    def ledger_rows(self, target: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest ledger rows, newest first."""
+        sql, args = "SELECT * FROM ledger", []
+        if target is not None:
+            sql += " WHERE target = ?"
+            args.append(target)
+        rows = self._conn().execute(sql + " ORDER BY id DESC LIMIT ?", (*args, int(limit)))
+        return [ledger_row(r) for r in rows]
+
+    def add_grant(self, target: str, who: str, why: str) -> int:
+        """Record a grant of exactly one extra power action."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT INTO grants (target, who, why, at) VALUES (?, ?, ?, ?)",
+                (target, who, why, self.clock()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def unused_grant(self, target: str) -> dict[str, Any] | None:
+        """The oldest grant for ``target`` not used yet."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT * FROM grants WHERE target = ? AND used_at IS NULL ORDER BY id LIMIT 1", (target,)
+            )
+            .fetchone()
+        )
+        return dict(row) if row else None
+
+    def use_grant(self, grant_id: int, ledger_id: int) -> bool:
+        """Spend a grant on a ledger row; True only for the one caller that spent it."""
+        with self._tx() as conn:
+            return (
+                conn.execute(
+                    "UPDATE grants SET used_at = ?, ledger_id = ? WHERE id = ? AND used_at IS NULL",
+                    (self.clock(), ledger_id, grant_id),
+                ).rowcount
+                == 1
+            )
+
+    def grants(self, target: str) -> list[dict[str, Any]]:
+        """Every grant for ``target``, oldest first."""
+        return [
+            dict(r)
+            for r in self._conn().execute("SELECT * FROM grants WHERE target = ? ORDER BY id", (target,))
+        ]

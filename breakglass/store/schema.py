@@ -1,0 +1,112 @@
+"""The store's schema: incident states, the lifecycle, and the migrations in order.
+
+``PRAGMA user_version`` holds how many migrations a file has had; a new
+migration is appended, never edited in place.
+"""
+
+from __future__ import annotations
+
+ACTIVE_STATES = ("open", "diagnosing", "remediating", "verifying")
+CLOSED_STATES = ("resolved", "escalated", "failed")
+STATES = ACTIVE_STATES + CLOSED_STATES
+LEDGER_RESULTS = ("ok", "failed", "denied", "dry_run", "unknown")
+
+# Which state may follow which. Closed states are final.
+ALLOWED: dict[str, frozenset[str]] = {
+    "open": frozenset({"diagnosing", "resolved", "escalated", "failed"}),
+    "diagnosing": frozenset({"remediating", "verifying", "resolved", "escalated", "failed"}),
+    "remediating": frozenset({"verifying", "resolved", "escalated", "failed"}),
+    "verifying": frozenset({"remediating", "resolved", "escalated", "failed"}),
+}
+
+ACTIVE_SQL = "('open','diagnosing','remediating','verifying')"
+
+MIGRATIONS: list[str] = [
+    f"""
+    CREATE TABLE readings (
+        id INTEGER PRIMARY KEY,
+        target TEXT NOT NULL,
+        at REAL NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX readings_target_at ON readings (target, at);
+
+    CREATE TABLE incidents (
+        id INTEGER PRIMARY KEY,
+        target TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        who TEXT,
+        reason TEXT,
+        state TEXT NOT NULL,
+        opened_at REAL NOT NULL,
+        closed_at REAL,
+        report TEXT,
+        tokens_in INTEGER NOT NULL DEFAULT 0,
+        tokens_out INTEGER NOT NULL DEFAULT 0,
+        evidence TEXT NOT NULL DEFAULT '{{}}'
+    );
+    CREATE UNIQUE INDEX one_active_incident_per_target
+        ON incidents (target) WHERE state IN {ACTIVE_SQL};
+    CREATE INDEX incidents_target_closed ON incidents (target, closed_at);
+
+    CREATE TABLE steps (
+        id INTEGER PRIMARY KEY,
+        incident_id INTEGER NOT NULL REFERENCES incidents (id),
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX steps_incident ON steps (incident_id, id);
+
+    CREATE TABLE transitions (
+        id INTEGER PRIMARY KEY,
+        incident_id INTEGER NOT NULL REFERENCES incidents (id),
+        at REAL NOT NULL,
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        reason TEXT
+    );
+    CREATE INDEX transitions_incident ON transitions (incident_id, id);
+
+    CREATE TABLE ledger (
+        id INTEGER PRIMARY KEY,
+        target TEXT NOT NULL,
+        incident_id INTEGER REFERENCES incidents (id),
+        verb TEXT NOT NULL,
+        who TEXT,
+        dry_run INTEGER NOT NULL DEFAULT 0,
+        decision TEXT NOT NULL DEFAULT '{{}}',
+        at REAL NOT NULL,
+        result TEXT,
+        finished_at REAL,
+        detail TEXT
+    );
+    CREATE INDEX ledger_target_at ON ledger (target, at);
+
+    CREATE TABLE grants (
+        id INTEGER PRIMARY KEY,
+        target TEXT NOT NULL,
+        who TEXT NOT NULL,
+        why TEXT NOT NULL,
+        at REAL NOT NULL,
+        used_at REAL,
+        ledger_id INTEGER REFERENCES ledger (id)
+    );
+
+    CREATE TABLE silences (
+        id INTEGER PRIMARY KEY,
+        target TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        who TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+
+    CREATE TABLE alerts_seen (
+        fingerprint TEXT NOT NULL,
+        status TEXT NOT NULL,
+        first_seen REAL NOT NULL,
+        PRIMARY KEY (fingerprint, status)
+    );
+    """,
+]
