@@ -36,7 +36,6 @@ LEAST_FORCE = [
     ("unit_failed", [], "resolved"),
     ("disk_full", [], "resolved"),
     ("memory_hog", [], "resolved"),
-    ("network_partition", [], "escalated"),
     ("pve_unreachable", [], "escalated"),
 ]
 
