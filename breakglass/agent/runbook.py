@@ -1,36 +1,58 @@
 """The deterministic remediator: the seed's procedure as code, least force first.
 
-With SSH up it diagnoses in the guest and repairs in place: restart failed
-units, free a full root disk (journal vacuum, configured cleanup folders),
-stop a memory or CPU hog only when the operator's allowlist names it.
+With SSH up it diagnoses in the guest (the probe's chained command, parsed by
+the probe's parsers, plus uptime/free/dmesg as evidence) and repairs in place:
 
-With SSH down it asks the Proxmox host:
+1. failed units: ``sudo systemctl restart UNIT``, confirmed by ``is-active``;
+2. root disk at or above ``rules.disk_used_ratio``: journal vacuum to
+   ``remediation.journal_vacuum_size`` and ``rm -rf PATH/*`` for each
+   ``remediation.cleanup_paths`` entry (nothing else), confirmed by ``df``;
+3. memory pressure (or sustained load, when the rules flagged ``load_high``):
+   the top process by RSS (or CPU) is stopped only when
+   ``remediation.hog_allowlist`` names it (its unit, or a substring of its
+   command line): ``systemctl stop UNIT`` when its unit is known, else
+   ``kill -9 PID``; otherwise escalate ("policy") with the top processes;
+4. nothing wrong in the guest: if the Proxmox host cannot be reached, escalate
+   ("pve_unreachable", no power action); else "nothing_to_do".
 
-- host unreachable too: observer-side, no action, escalate;
+With SSH down it asks the Proxmox host, and sends a power verb only when the
+host corroborates (``rules.host_corroborates``):
+
+- host unreachable too: observer-side, escalate, no verb;
 - stopped: ``start``; paused: ``cycle`` (no verb resumes);
-- running with QMP unresponsive, in io-error, or failed block I/O: ``cycle``
+- running with QMP unresponsive, not "running", or failed block I/O: ``cycle``
   (a ``reset`` reuses the stalled QEMU);
-- QMP fine, guest agent dead: ``reset``, then ``cycle`` if not back in time;
-- QMP and guest agent fine but sshd actively refuses: ``reset``;
-- QMP and guest agent fine, SSH merely times out: the host does not
-  corroborate, so no power action; escalate with the evidence.
+- QMP fine, guest agent dead: ``reset``, then ``cycle`` if SSH is not back
+  within the verify window;
+- QMP and guest agent fine, sshd refuses: ``reset``;
+- QMP and guest agent fine, SSH times out: not corroborated, escalate.
 
-Every command, observation and decision is recorded on the incident.
+After an ``ok`` verb it waits (bounded by ``incidents.verify_timeout_seconds``)
+for the host to say running and SSH to log in. Every command, observation and
+decision is recorded on the incident with the evidence behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shlex
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from breakglass.agent import diagnose
 from breakglass.incidents.context import RemediationContext, RemediationResult
 from breakglass.remote import CommandResult, PveStatus, RemoteError, Verb
-from breakglass.watchdog.parse import PROBE_COMMAND, parse_df_used_ratio
+from breakglass.watchdog.parse import PROBE_COMMAND, parse_df_used_ratio, parse_meminfo
 from breakglass.watchdog.probes import readings_from_output
+from breakglass.watchdog.rules import LOAD_HIGH, host_corroborates
 
 RECORDED_OUTPUT = 4000
+
+
+class _Runner(Protocol):
+    async def run(self, command: str, *, timeout: float | None = None) -> CommandResult: ...  # noqa: ASYNC109
 
 
 @dataclass
@@ -40,28 +62,19 @@ class _Work:
     found: list[str] = field(default_factory=list)
     did: list[str] = field(default_factory=list)
 
-
-@dataclass(frozen=True)
-class _Process:
-    user: str
-    pid: int
-    cpu: float
-    mem: float
-    command: str
+    def result(self, **kw: Any) -> RemediationResult:
+        """A result carrying what was found and done so far."""
+        kw.setdefault("found", "; ".join(self.found) or "nothing wrong found")
+        return RemediationResult(did=tuple(self.did), **kw)
 
 
-def parse_ps(text: str) -> list[_Process]:
-    """Parse ``ps aux`` output into processes, in the order shown."""
-    procs = []
-    for line in text.splitlines()[1:]:
-        parts = line.split(None, 10)
-        if len(parts) < 11 or not parts[1].isdigit():
-            continue
-        try:
-            procs.append(_Process(parts[0], int(parts[1]), float(parts[2]), float(parts[3]), parts[10]))
-        except ValueError:
-            continue
-    return procs
+class _SshDown(Exception):
+    """The guest could not be diagnosed over SSH."""
+
+    def __init__(self, error: str, refused: bool) -> None:
+        super().__init__(error)
+        self.error = error
+        self.refused = refused
 
 
 class RunbookRemediator:
@@ -72,18 +85,19 @@ class RunbookRemediator:
     async def remediate(self, ctx: RemediationContext) -> RemediationResult:
         """Work one incident; never raises for expected remote failures."""
         work = _Work()
-        res, error, refused = await self._probe(ctx)
-        if res is not None:
-            return await self._in_guest(ctx, work, res)
-        return await self._from_host(ctx, work, error or "unreachable", refused)
-
-    # -- helpers ---------------------------------------------------------
-
-    async def _run(self, ctx: RemediationContext, command: str) -> CommandResult | None:
         try:
-            res = await ctx.shell.run(command)
+            return await self._in_guest(ctx, work)
+        except _SshDown as down:
+            return await self._from_host(ctx, work, down)
+
+    # -- recording -------------------------------------------------------
+
+    async def _run(self, ctx: RemediationContext, sh: _Runner, command: str) -> CommandResult | None:
+        """Run one guest command and record it; None when the connection failed."""
+        try:
+            res = await sh.run(command)
         except RemoteError as exc:
-            ctx.record("command", {"command": command, "error": f"{exc.kind}: {exc}"})
+            ctx.record("command", {"command": command, "exit_status": None, "error": f"{exc.kind}: {exc}"})
             return None
         ctx.record(
             "command",
@@ -99,184 +113,254 @@ class RunbookRemediator:
     def _decide(self, ctx: RemediationContext, decision: str, because: str, **evidence: Any) -> None:
         ctx.record("decision", {"decision": decision, "because": because, "evidence": evidence})
 
-    async def _probe(self, ctx: RemediationContext) -> tuple[dict[str, Any] | None, str | None, bool]:
-        """Run the probe chain over SSH: (fields, None, False) or (None, error, refused)."""
-        try:
-            res = await ctx.shell.run(PROBE_COMMAND)
-        except RemoteError as exc:
-            ctx.record("evidence", {"ssh": f"{exc.kind}: {exc}"})
-            return None, f"{exc.kind}: {exc}", exc.kind == "refused"
-        if res.timed_out:
-            ctx.record("evidence", {"ssh": "the diagnostic command timed out"})
-            return None, "timeout: the diagnostic command hung", False
-        fields = readings_from_output(res.stdout, complete=res.exit_status == 0)
-        ctx.record("evidence", {"ssh": "ok", "readings": fields})
-        await self._run(ctx, "uptime; sudo dmesg -T | tail -n 40")
-        return fields, None, False
-
     # -- SSH up: repair in the guest ---------------------------------------
 
-    async def _in_guest(
-        self, ctx: RemediationContext, work: _Work, fields: dict[str, Any]
-    ) -> RemediationResult:
-        rules, rem = ctx.config.rules, ctx.config.remediation
-        for unit in fields.get("failed_units") or ():
-            work.found.append(f"unit {unit} failed")
-            q = shlex.quote(unit)
-            await self._run(ctx, f"systemctl status {q} --no-pager | head -n 20")
-            self._decide(ctx, f"restart {unit}", "a failed unit is restarted before anything stronger")
-            await self._run(ctx, f"sudo systemctl restart {q}")
-            check = await self._run(ctx, f"systemctl is-active {q}")
-            state = check.stdout.strip() if check else "unknown"
-            work.did.append(f"restarted {unit} (now {state})")
+    @contextlib.asynccontextmanager
+    async def _session(self, ctx: RemediationContext) -> AsyncIterator[_Runner]:
+        """One connection for the whole diagnosis; _SshDown when it cannot be opened."""
+        try:
+            async with ctx.shell.session() as s:
+                yield s
+        except RemoteError as exc:
+            ctx.record("evidence", {"ssh": f"{exc.kind}: {exc}"})
+            raise _SshDown(f"{exc.kind}: {exc}", exc.kind == "refused") from None
 
-        disk = fields.get("disk_used_ratio")
-        if disk is not None and disk >= rules.disk_used_ratio:
-            work.found.append(f"root disk {disk:.0%} used")
-            self._decide(ctx, "free disk", f"root disk {disk:.1%} >= {rules.disk_used_ratio:.0%}")
-            await self._run(ctx, f"sudo journalctl --vacuum-size={rem.journal_vacuum_size}")
-            for path in rem.cleanup_paths:
-                await self._run(ctx, f"sudo rm -rf {shlex.quote(path.rstrip('/'))}/*")
-            after = await self._run(ctx, "df -P /")
-            now = parse_df_used_ratio(after.stdout) if after else None
-            shown = f"{now:.0%}" if now is not None else "unknown"
-            work.did.append(
-                f"vacuumed the journal to {rem.journal_vacuum_size} and cleaned "
-                f"{', '.join(rem.cleanup_paths) or 'nothing'}: root disk {disk:.0%} -> {shown}"
-            )
-
-        hog = self._hog_kind(fields, ctx)
+    async def _in_guest(self, ctx: RemediationContext, work: _Work) -> RemediationResult:
+        async with self._session(ctx) as sh:
+            probe = await self._run(ctx, sh, PROBE_COMMAND)
+            if probe is None or probe.timed_out or (probe.exit_status == 255 and not probe.stdout):
+                why = "the diagnostic command hung" if probe and probe.timed_out else "the connection dropped"
+                ctx.record("evidence", {"ssh": f"logged in, but {why}"})
+                raise _SshDown(f"timeout: {why}", refused=False)
+            fields = readings_from_output(probe.stdout, complete=probe.exit_status == 0)
+            ctx.record("evidence", {"ssh": "ok", "readings": fields})
+            await self._run(ctx, sh, diagnose.EVIDENCE_COMMAND)
+            stuck = await self._repair_units(ctx, sh, work, fields)
+            stuck += await self._free_disk(ctx, sh, work, fields)
+            hog = await self._stop_hog(ctx, sh, work, fields)
         if hog is not None:
-            stopped = await self._stop_hog(ctx, work, hog)
-            if not stopped:
-                return RemediationResult(
-                    outcome="escalate",
-                    found="; ".join(work.found),
-                    did=tuple(work.did),
-                    escalation="policy",
-                    detail=f"{hog} pressure from a process not on remediation.hog_allowlist; left running",
-                )
+            return hog
+        if stuck:
+            return work.result(outcome="escalate", escalation="gave_up", detail="; ".join(stuck))
+        if work.found:
+            return work.result(outcome="acted")
+        return await self._nothing_in_guest(ctx, work)
 
-        if not work.found:
-            try:
-                st = await ctx.pve.status()
-            except RemoteError as exc:
-                found = (
-                    f"Proxmox host unreachable ({exc.kind}: {exc}); the VM answers over SSH; no power action"
-                )
-                ctx.record("evidence", {"pve": f"{exc.kind}: {exc}"})
-                return RemediationResult(
-                    outcome="escalate", found=found, escalation="pve_unreachable", detail=found
-                )
-            ctx.record("evidence", {"pve": st.raw})
-            return RemediationResult(
-                outcome="nothing_to_do", found="nothing wrong found in the guest or on the host"
+    async def _repair_units(
+        self, ctx: RemediationContext, sh: _Runner, work: _Work, fields: dict[str, Any]
+    ) -> list[str]:
+        stuck: list[str] = []
+        for unit in fields.get("failed_units") or ():
+            q = shlex.quote(unit)
+            work.found.append(f"unit {unit} failed")
+            await self._run(ctx, sh, f"systemctl status {q} --no-pager | head -n 20")
+            self._decide(
+                ctx, f"restart {unit}", "a failed unit is restarted before anything stronger", unit=unit
             )
-        return RemediationResult(outcome="acted", found="; ".join(work.found), did=tuple(work.did))
+            await self._run(ctx, sh, f"sudo systemctl restart {q}")
+            check = await self._run(ctx, sh, f"systemctl is-active {q}")
+            state = check.stdout.strip() if check and check.stdout.strip() else "unknown"
+            work.did.append(f"restarted {unit} (now {state})")
+            if state != "active":
+                stuck.append(f"{unit} is {state} after a restart")
+        return stuck
 
-    def _hog_kind(self, fields: dict[str, Any], ctx: RemediationContext) -> str | None:
-        rules = ctx.config.rules
-        total, avail = fields.get("mem_total_bytes"), fields.get("mem_available_bytes")
-        swap_total, swap_used = fields.get("swap_total_bytes"), fields.get("swap_used_bytes")
-        if total and avail is not None and avail / total < rules.mem_available_ratio:
-            swap_full = not swap_total or (swap_used or 0) / swap_total > rules.swap_used_ratio
-            if swap_full:
-                return "memory"
-        load1, ncpu = fields.get("load1"), fields.get("ncpu")
-        if load1 is not None and ncpu and load1 / ncpu > rules.load_per_cpu and "load_high" in ctx.conditions:
-            return "cpu"
-        return None
-
-    async def _stop_hog(self, ctx: RemediationContext, work: _Work, kind: str) -> bool:
-        sort = "-rss" if kind == "memory" else "-%cpu"
-        res = await self._run(ctx, f"ps aux --sort={sort} | head -n 8")
-        procs = parse_ps(res.stdout) if res else []
-        if not procs:
-            work.found.append(f"{kind} pressure, but the processes could not be listed")
-            return False
-        top = procs[0]
-        work.found.append(f"{kind} pressure from PID {top.pid} ({top.command[:80]}, {top.mem:.0f}% memory)")
-        for entry in ctx.config.remediation.hog_allowlist:
-            if entry in top.command:
-                self._decide(
-                    ctx,
-                    f"kill PID {top.pid}",
-                    f"its command matches allowlist entry {entry!r}",
-                    process=top.command,
-                )
-                await self._run(ctx, f"sudo kill -9 {top.pid}")
-                work.did.append(f"killed PID {top.pid} ({top.command[:60]})")
-                return True
-            unit = entry if entry.endswith(".service") else f"{entry}.service"
-            status = await self._run(ctx, f"systemctl status {shlex.quote(unit)} --no-pager")
-            if status and (f"Main PID: {top.pid} " in status.stdout or f"─{top.pid} " in status.stdout):
-                self._decide(
-                    ctx,
-                    f"stop {unit}",
-                    f"PID {top.pid} belongs to allowlisted unit {unit}",
-                    process=top.command,
-                )
-                await self._run(ctx, f"sudo systemctl stop {shlex.quote(unit)}")
-                work.did.append(f"stopped {unit} (PID {top.pid}, {top.command[:60]})")
-                return True
+    async def _free_disk(
+        self, ctx: RemediationContext, sh: _Runner, work: _Work, fields: dict[str, Any]
+    ) -> list[str]:
+        rules, rem = ctx.config.rules, ctx.config.remediation
+        disk = fields.get("disk_used_ratio")
+        if disk is None or disk < rules.disk_used_ratio:
+            return []
+        work.found.append(f"root disk {disk:.0%} used")
         self._decide(
             ctx,
-            "leave it running",
-            "not on remediation.hog_allowlist; a person must decide",
-            process=top.command,
-            top=[p.command[:80] for p in procs[:5]],
+            "free disk space",
+            f"root disk {disk:.1%} used >= {rules.disk_used_ratio:.0%}",
+            disk_used_ratio=disk,
+            cleanup_paths=list(rem.cleanup_paths),
         )
-        return False
+        await self._run(ctx, sh, f"sudo journalctl --vacuum-size={shlex.quote(rem.journal_vacuum_size)}")
+        cleaned: list[str] = []
+        for path in rem.cleanup_paths:
+            refusal = diagnose.cleanup_refusal(path)
+            if refusal is not None:
+                self._decide(ctx, f"skip cleanup path {path!r}", refusal)
+                continue
+            # The glob stays outside the quotes so the guest's shell expands it.
+            await self._run(ctx, sh, f"sudo rm -rf -- {shlex.quote(path.rstrip('/'))}/*")
+            cleaned.append(path)
+        after = await self._run(ctx, sh, "df -P /")
+        now = parse_df_used_ratio(after.stdout) if after else None
+        shown = f"{now:.0%}" if now is not None else "unknown"
+        work.did.append(
+            f"vacuumed the journal to {rem.journal_vacuum_size}, emptied "
+            f"{', '.join(cleaned) or 'no cleanup path'}: root disk {disk:.0%} -> {shown}"
+        )
+        if now is None or now >= rules.disk_used_ratio:
+            return [f"root disk still {shown} used after cleanup"]
+        return []
 
-    # -- SSH down: ask the host --------------------------------------------
+    async def _stop_hog(
+        self, ctx: RemediationContext, sh: _Runner, work: _Work, fields: dict[str, Any]
+    ) -> RemediationResult | None:
+        """Stop an allowlisted hog; a result when the incident must end here, else None."""
+        rules, rem = ctx.config.rules, ctx.config.remediation
+        pressure = diagnose.memory_pressure(fields, rules)
+        kind, sort = "memory", "-rss"
+        if pressure is None and LOAD_HIGH in ctx.conditions:
+            # Load alone counts only when the rules saw it last (a short spike is nobody's fault).
+            pressure = diagnose.load_high(fields, rules)
+            kind, sort = "CPU", "-%cpu"
+        if pressure is None:
+            return None
+        listing = await self._run(ctx, sh, f"ps aux --sort={sort} | head -n 8")
+        procs = diagnose.parse_ps(listing.stdout) if listing else []
+        if not procs:
+            work.found.append(f"{kind} pressure ({pressure}), processes could not be listed")
+            return work.result(outcome="escalate", escalation="gave_up", detail="ps gave no process list")
+        top = procs[0]
+        tree = await self._run(
+            ctx, sh, f"systemctl status --no-pager {top.pid} 2>/dev/null || systemctl status --no-pager"
+        )
+        unit = diagnose.unit_of_pid(tree.stdout, top.pid) if tree else None
+        owner = f" of {unit}" if unit else ""
+        work.found.append(f"{kind} pressure ({pressure}); top: PID {top.pid}{owner} {top.command[:80]}")
+        evidence = {
+            "pressure": pressure,
+            "top": [f"{p.pid} {p.user} {p.cpu:.1f}%cpu {p.mem:.1f}%mem {p.command[:100]}" for p in procs],
+            "unit": unit,
+        }
+        entry = diagnose.hog_allowed(rem.hog_allowlist, top, unit)
+        if entry is None or top.pid <= 1:
+            self._decide(
+                ctx,
+                "leave it running",
+                "remediation.hog_allowlist names neither its unit nor its command; a person decides",
+                **evidence,
+            )
+            return work.result(
+                outcome="escalate",
+                escalation="policy",
+                detail=f"{kind} hog PID {top.pid}{owner} ({top.command[:80]}) is not on "
+                "remediation.hog_allowlist; left running",
+            )
+        if unit is not None:
+            self._decide(ctx, f"stop {unit}", f"allowlist entry {entry!r} matches", **evidence)
+            await self._run(ctx, sh, f"sudo systemctl stop {shlex.quote(unit)}")
+            work.did.append(f"stopped {unit} (PID {top.pid}, {top.command[:60]})")
+        else:
+            self._decide(ctx, f"kill -9 {top.pid}", f"allowlist entry {entry!r} matches; no unit", **evidence)
+            await self._run(ctx, sh, f"sudo kill -9 {top.pid}")
+            work.did.append(f"killed PID {top.pid} ({top.command[:60]})")
+        return await self._confirm_relief(ctx, sh, work, kind, fields)
 
-    async def _from_host(
-        self, ctx: RemediationContext, work: _Work, ssh_error: str, refused: bool
-    ) -> RemediationResult:
-        work.found.append(f"SSH down ({ssh_error})")
+    async def _confirm_relief(
+        self, ctx: RemediationContext, sh: _Runner, work: _Work, kind: str, fields: dict[str, Any]
+    ) -> RemediationResult | None:
+        if kind != "memory":
+            return None  # load averages decay over minutes; the manager's rounds judge it
+        after = await self._run(ctx, sh, "cat /proc/meminfo")
+        mem = parse_meminfo(after.stdout) if after else None
+        now = {
+            "mem_total_bytes": mem.total if mem else None,
+            "mem_available_bytes": mem.available if mem else None,
+            "swap_total_bytes": mem.swap_total if mem else None,
+            "swap_used_bytes": mem.swap_used if mem else None,
+        }
+        still = diagnose.memory_pressure(now, ctx.config.rules) if mem else "meminfo unreadable"
+        if still is not None:
+            return work.result(
+                outcome="escalate", escalation="gave_up", detail=f"memory pressure remains: {still}"
+            )
+        if mem and mem.total and mem.available is not None:
+            work.did.append(f"MemAvailable now {mem.available / mem.total:.0%}")
+        return None
+
+    async def _nothing_in_guest(self, ctx: RemediationContext, work: _Work) -> RemediationResult:
         try:
             st = await ctx.pve.status()
         except RemoteError as exc:
-            detail = (
-                f"observer-side: devvm ({ssh_error}) and Proxmox host ({exc.kind}: {exc}) both "
-                "unreachable from the watchdog; no action"
-            )
-            self._decide(ctx, "no power action", detail)
-            return RemediationResult(
-                outcome="escalate", found=detail, escalation="observer_side", detail=detail
+            found = "Proxmox host unreachable; the VM answers; no power action"
+            ctx.record("evidence", {"pve": f"{exc.kind}: {exc}"})
+            self._decide(ctx, "no power action", found, pve_error=f"{exc.kind}: {exc}")
+            return work.result(
+                outcome="escalate",
+                found=found,
+                escalation="pve_unreachable",
+                detail=f"{found} ({exc.kind}: {exc})",
             )
         ctx.record("evidence", {"pve_status": st.raw})
-        verb, because = await self._choose_verb(ctx, st, refused)
+        return work.result(
+            outcome="nothing_to_do", found="nothing wrong found in the guest; the host sees it running"
+        )
+
+    # -- SSH down: ask the host --------------------------------------------
+
+    async def _from_host(self, ctx: RemediationContext, work: _Work, down: _SshDown) -> RemediationResult:
+        work.found.append(f"SSH down ({down.error})")
+        try:
+            st = await ctx.pve.status()
+        except RemoteError as exc:
+            found = "observer-side: devvm and Proxmox host both unreachable; no action"
+            detail = f"{found} (devvm: {down.error}; Proxmox: {exc.kind}: {exc})"
+            self._decide(ctx, "no power action", detail, ssh=down.error, pve=f"{exc.kind}: {exc}")
+            return work.result(outcome="escalate", found=found, escalation="observer_side", detail=detail)
+        ctx.record("evidence", {"pve_status": st.raw})
+        if await self._still_booting(ctx, st):
+            try:
+                return await self._in_guest(ctx, _Work())
+            except _SshDown as again:
+                down = again
+                st = await self._status_or_none(ctx) or st
+        return await self._power_path(ctx, work, down, st)
+
+    async def _power_path(
+        self, ctx: RemediationContext, work: _Work, down: _SshDown, st: PveStatus
+    ) -> RemediationResult:
+        view = diagnose.host_readings(ctx.target.name, st, ssh_error=down.error, ssh_refused=down.refused)
+        agrees, why = host_corroborates(view)
+        evidence: dict[str, Any] = {"ssh": down.error, "ssh_refused": down.refused, "pve_status": st.raw}
+        if not agrees:
+            work.found.append(why)
+            self._decide(ctx, "no power action", why, **evidence)
+            return work.result(outcome="escalate", escalation="policy", detail=why)
+        verb, because = await self._choose_verb(ctx, st, down, evidence)
         if verb is None:
             work.found.append(because)
-            self._decide(ctx, "no power action", because)
-            return RemediationResult(
-                outcome="escalate", found="; ".join(work.found), escalation="policy", detail=because
-            )
+            self._decide(ctx, "no power action", because, **evidence)
+            return work.result(outcome="escalate", escalation="policy", detail=because)
         work.found.append(because)
-        result = await self._power(ctx, work, verb, because)
-        if result is not None:
-            return result
-        back = await self._wait_back(ctx)
-        if not back and verb is Verb.RESET:
-            because = "the guest did not come back after reset"
+        ended = await self._power(ctx, work, verb, because, evidence)
+        if ended is not None:
+            return ended
+        if await self._wait_back(ctx, verb):
+            work.did.append("VM running and SSH answers")
+            return work.result(outcome="acted")
+        window = f"{ctx.config.incidents.verify_timeout_seconds:g} s"
+        if verb is Verb.RESET and st.guest_agent_ok is False:
+            because = f"the guest did not answer SSH within {window} of the reset"
             work.found.append(because)
-            result = await self._power(ctx, work, Verb.CYCLE, because)
-            if result is not None:
-                return result
-            back = await self._wait_back(ctx)
-        work.did.append("VM answers SSH again" if back else "VM did not answer SSH within the verify window")
-        return RemediationResult(outcome="acted", found="; ".join(work.found), did=tuple(work.did))
+            ended = await self._power(ctx, work, Verb.CYCLE, because, evidence)
+            if ended is not None:
+                return ended
+            if await self._wait_back(ctx, Verb.CYCLE):
+                work.did.append("VM running and SSH answers")
+                return work.result(outcome="acted")
+        work.did.append(f"no SSH within {window}")
+        return work.result(
+            outcome="escalate", escalation="gave_up", detail=f"the VM did not answer SSH within {window}"
+        )
 
     async def _choose_verb(
-        self, ctx: RemediationContext, st: PveStatus, refused: bool
+        self, ctx: RemediationContext, st: PveStatus, down: _SshDown, evidence: dict[str, Any]
     ) -> tuple[Verb | None, str]:
         if st.vm_status == "stopped":
-            return Verb.START, "VM is stopped"
+            return Verb.START, "the host reports the VM stopped"
         if st.vm_status == "paused":
-            return Verb.CYCLE, f"VM is paused (QMP: {st.qmp_status}); no verb resumes it"
+            return Verb.CYCLE, f"the host reports the VM paused (QMP {st.qmp_status}); no verb resumes it"
         if st.vm_status != "running":
-            return None, f"VM status {st.vm_status!r}; cannot tell what is wrong"
+            return None, f"the host reports VM status {st.vm_status!r}; cannot tell what is wrong"
         try:
             forensics = await ctx.pve.forensics()
         except RemoteError as exc:
@@ -284,66 +368,88 @@ class RunbookRemediator:
             ctx.record("evidence", {"forensics": f"{exc.kind}: {exc}"})
         else:
             ctx.record("forensics", {"forensics": forensics})
-        block_failed = any(
-            isinstance(v, dict) and v.get("io_status") not in (None, "ok")
-            for v in (forensics.get("blockstats") or {}).values()
-        )
-        if not st.qmp_ok or st.qmp_status in ("io-error", "internal-error") or block_failed:
-            what = "QMP unresponsive" if not st.qmp_ok else f"QMP {st.qmp_status}"
-            if block_failed:
-                what += ", block I/O failed"
-            return Verb.CYCLE, f"QEMU I/O stall ({what}); reset would reuse the stalled QEMU"
+        evidence["blockstats"] = forensics.get("blockstats")
+        signs = diagnose.io_stall_signs(st, forensics)
+        if signs:
+            return Verb.CYCLE, f"QEMU I/O stall ({', '.join(signs)}); a reset would reuse the stalled QEMU"
         if not st.guest_agent_ok:
-            return Verb.RESET, "QEMU answers but the guest is hung (guest agent silent)"
-        if refused:
+            return Verb.RESET, "QEMU answers but the guest is hung (guest agent silent, SSH down)"
+        if down.refused:
             return Verb.RESET, "guest agent answers but sshd refuses connections; no in-guest path"
-        return None, (
-            "the host sees a healthy VM (QMP running, guest agent answers) while SSH times out: "
-            "not corroborated, no power action"
-        )
+        return None, "the host sees a healthy VM while SSH times out: not corroborated, no power action"
 
     async def _power(
-        self, ctx: RemediationContext, work: _Work, verb: Verb, because: str
+        self, ctx: RemediationContext, work: _Work, verb: Verb, because: str, evidence: dict[str, Any]
     ) -> RemediationResult | None:
-        self._decide(ctx, f"power {verb.value}", because)
-        out = await ctx.power(verb, trace={"because": because, "found": list(work.found)})
+        """Send ``verb`` through the Governor; a result when the incident ends here, else None."""
+        self._decide(ctx, f"power {verb.value}", because, **evidence)
+        out = await ctx.power(
+            verb, trace={"because": because, "found": list(work.found), "evidence": evidence}
+        )
         if out.result == "ok":
             work.did.append(f"sent {verb.value}")
             return None
         if out.result == "dry_run":
             work.did.append(f"would send {verb.value} (dry run)")
-            return RemediationResult(outcome="acted", found="; ".join(work.found), did=tuple(work.did))
+            return work.result(outcome="acted")
         if out.result == "denied":
             d = out.decision
-            return RemediationResult(
-                outcome="escalate",
-                found="; ".join(work.found),
-                did=tuple(work.did),
-                escalation="budget",
-                detail=f"{verb.value} refused: {d.reason}",
-                next_allowed_at=d.next_allowed_at,
+            work.did.append(f"{verb.value} refused by the budget")
+            return work.result(
+                outcome="escalate", escalation="budget", detail=d.reason, next_allowed_at=d.next_allowed_at
             )
-        return RemediationResult(
-            outcome="escalate",
-            found="; ".join(work.found),
-            did=(*work.did, f"{verb.value} {out.result}"),
-            escalation="gave_up",
-            detail=f"{verb.value} {out.result}: {out.output[:300]}",
+        work.did.append(f"{verb.value} {out.result}")
+        return work.result(
+            outcome="escalate", escalation="gave_up", detail=f"{verb.value} {out.result}: {out.output[:300]}"
         )
 
-    async def _wait_back(self, ctx: RemediationContext) -> bool:
+    # -- waiting -----------------------------------------------------------
+
+    async def _status_or_none(self, ctx: RemediationContext) -> PveStatus | None:
+        try:
+            return await ctx.pve.status()
+        except RemoteError:
+            return None
+
+    async def _still_booting(self, ctx: RemediationContext, st: PveStatus) -> bool:
+        """A freshly started VM is left to boot: wait out the boot grace, True if SSH came up."""
+        grace = ctx.config.rules.boot_grace_seconds
+        up = st.uptime_seconds
+        if not (st.vm_status == "running" and st.qmp_ok and st.qmp_status == "running"):
+            return False
+        if up is None or up >= grace or st.guest_agent_ok:
+            return False
+        self._decide(
+            ctx, "wait for the boot", f"QEMU started {up:.0f} s ago, under the {grace:g} s boot grace"
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (grace - up)
+        while loop.time() < deadline:
+            try:
+                await ctx.shell.login()
+            except RemoteError:
+                await asyncio.sleep(min(ctx.config.probe.interval_seconds, max(0.0, deadline - loop.time())))
+                continue
+            ctx.record("evidence", {"boot": "SSH answers after the boot"})
+            return True
+        return False
+
+    async def _wait_back(self, ctx: RemediationContext, verb: Verb) -> bool:
         """Poll until the host says running and SSH logs in, within the verify window."""
         cfg = ctx.config
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.incidents.verify_timeout_seconds
+        last = "no answer yet"
         while loop.time() < deadline:
             try:
                 st = await ctx.pve.status()
                 if st.vm_status == "running":
                     await ctx.shell.login()
-                    ctx.record("evidence", {"back": "VM running and SSH answers"})
+                    ctx.record("evidence", {"back": f"after {verb.value}: VM running and SSH answers"})
                     return True
-            except RemoteError:
-                pass
-            await asyncio.sleep(cfg.probe.interval_seconds)
+                last = f"VM {st.vm_status}"
+            except RemoteError as exc:
+                last = f"{exc.kind}: {exc}"
+            await asyncio.sleep(min(cfg.probe.interval_seconds, max(0.0, deadline - loop.time())))
+        ctx.record("evidence", {"back": f"after {verb.value}: not back within the verify window ({last})"})
         return False

@@ -1,0 +1,171 @@
+"""Pure helpers for the runbook: what the guest's tools print, and what it means.
+
+Nothing here talks to a host; each function takes text or readings and
+returns a verdict, so the runbook's judgement is testable on fixture text.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from breakglass.config import RuleSettings
+from breakglass.remote import PveStatus
+from breakglass.watchdog.probes import Readings
+
+# Evidence for a person reading the incident; the runbook parses the probe command instead.
+EVIDENCE_COMMAND = "uptime; free -b; sudo dmesg -T | tail -n 40"
+
+# A line naming a unit: the header of `systemctl status PID`, a CGroup line, or a tree node.
+_UNIT_LINE = re.compile(r"(?:^[●×○*]\s+|CGroup: /(?:\S*/)?|[├└]─)(?P<unit>[\w@:.\\-]+\.service)\b")
+_PID_LINE = re.compile(r"[├└]─(?P<pid>\d+)\s")
+_GLOB = re.compile(r"[*?\[\]{}]")
+
+
+@dataclass(frozen=True)
+class Process:
+    """One row of ``ps aux``."""
+
+    user: str
+    pid: int
+    cpu: float
+    mem: float
+    command: str
+
+
+def parse_ps(text: str) -> list[Process]:
+    """Parse ``ps aux`` output into processes, in the order shown (header skipped)."""
+    procs: list[Process] = []
+    for line in text.splitlines():
+        parts = line.split(None, 10)
+        if len(parts) < 11 or not parts[1].isdigit():
+            continue
+        try:
+            procs.append(Process(parts[0], int(parts[1]), float(parts[2]), float(parts[3]), parts[10]))
+        except ValueError:
+            continue
+    return procs
+
+
+def unit_of_pid(text: str, pid: int) -> str | None:
+    """Find the service a PID belongs to in ``systemctl status [PID]`` output.
+
+    Works on both shapes: ``systemctl status PID`` (a "● x.service" header and
+    a "CGroup: /system.slice/x.service" line above the PID) and the whole-system
+    tree of plain ``systemctl status`` ("├─x.service" above "│ └─PID cmd").
+    The PID belongs to the nearest unit named above it.
+    """
+    current: str | None = None
+    for line in text.splitlines():
+        m = _UNIT_LINE.search(line)
+        if m:
+            current = m["unit"]
+            continue
+        p = _PID_LINE.search(line)
+        if p and int(p["pid"]) == pid:
+            return current
+        if re.search(r"[├└]─\S+\.(slice|scope)\b", line):
+            current = None  # a slice or scope starts: the PIDs below are not a service's
+    return None
+
+
+def hog_allowed(allowlist: Iterable[str], proc: Process, unit: str | None) -> str | None:
+    """Return the allowlist entry that lets the runbook stop ``proc``, or None.
+
+    An entry matches when it names the process's unit exactly (``leaky-batch``
+    or ``leaky-batch.service``) or is a substring of its full command line
+    (``/opt/batch/leak.py``). Empty entries match nothing.
+    """
+    for entry in allowlist:
+        entry = entry.strip()
+        if not entry:
+            continue
+        if unit is not None and entry in (unit, unit.removesuffix(".service")):
+            return entry
+        if entry in proc.command:
+            return entry
+    return None
+
+
+def memory_pressure(fields: Mapping[str, Any], rules: RuleSettings) -> str | None:
+    """Describe memory pressure by the rule's thresholds, or None when there is none."""
+    total, avail = fields.get("mem_total_bytes"), fields.get("mem_available_bytes")
+    swap_total, swap_used = fields.get("swap_total_bytes"), fields.get("swap_used_bytes")
+    if not total or avail is None:
+        return None
+    # No swap at all means nowhere left to spill: count it as full, as the rule does.
+    swap_ratio = (swap_used or 0) / swap_total if swap_total else 1.0
+    ratio = avail / total
+    if ratio < rules.mem_available_ratio and swap_ratio > rules.swap_used_ratio:
+        return f"MemAvailable {ratio:.1%} of MemTotal, swap {swap_ratio:.0%} used"
+    return None
+
+
+def load_high(fields: Mapping[str, Any], rules: RuleSettings) -> str | None:
+    """Describe load above ``rules.load_per_cpu`` per CPU, or None."""
+    load1, ncpu = fields.get("load1"), fields.get("ncpu")
+    if load1 is None or not ncpu or load1 / ncpu <= rules.load_per_cpu:
+        return None
+    return f"load1 {load1:.2f} on {ncpu} CPUs ({load1 / ncpu:.1f} per CPU > {rules.load_per_cpu:g})"
+
+
+def cleanup_refusal(path: str) -> str | None:
+    """Why ``path`` must not be emptied with ``rm -rf PATH/*``, or None when it may be."""
+    if not path.startswith("/"):
+        return "not an absolute path"
+    if ".." in path.split("/") or _GLOB.search(path) or "\n" in path:
+        return "contains '..', a glob character or a newline"
+    if posixpath.normpath(path) in ("/", "//"):
+        return "is the root directory"
+    return None
+
+
+def io_stall_signs(st: PveStatus, forensics: Mapping[str, Any]) -> list[str]:
+    """What shows QEMU itself is wedged: QMP silent, a run state other than running, failed block I/O."""
+    signs: list[str] = []
+    if not st.qmp_ok:
+        err = (st.raw.get("qmp") or {}).get("error") if isinstance(st.raw.get("qmp"), dict) else None
+        signs.append(f"QMP unresponsive ({err})" if err else "QMP unresponsive")
+    elif st.qmp_status not in (None, "running"):
+        signs.append(f"QMP status {st.qmp_status}")
+    blocks = forensics.get("blockstats") if isinstance(forensics, Mapping) else None
+    for dev, stats in (blocks or {}).items() if isinstance(blocks, Mapping) else ():
+        if isinstance(stats, Mapping) and stats.get("io_status") not in (None, "ok"):
+            signs.append(f"block device {dev} io_status {stats.get('io_status')}")
+    return signs
+
+
+def host_readings(
+    target: str, st: PveStatus, *, ssh_error: str, ssh_refused: bool, now: float | None = None
+) -> Readings:
+    """A Readings with SSH down and the host's fresh view, for ``rules.host_corroborates``."""
+    return Readings(
+        target=target,
+        at=time.time() if now is None else now,
+        duration_seconds=0.0,
+        ssh_ok=False,
+        ssh_error=ssh_error,
+        ssh_refused=ssh_refused,
+        ssh_login_seconds=None,
+        load1=None,
+        load5=None,
+        load15=None,
+        ncpu=None,
+        mem_total_bytes=None,
+        mem_available_bytes=None,
+        swap_total_bytes=None,
+        swap_used_bytes=None,
+        disk_used_ratio=None,
+        failed_units=None,
+        pve_ok=True,
+        pve_error=None,
+        vm_status=st.vm_status,
+        qmp_ok=st.qmp_ok,
+        qmp_status=st.qmp_status,
+        guest_agent_ok=st.guest_agent_ok,
+        uptime_seconds=st.uptime_seconds,
+    )
