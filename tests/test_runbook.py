@@ -280,6 +280,16 @@ def test_a_guest_still_hung_after_the_reset_is_cycled(sim: SimHandle, real_store
     assert ran.state["faults"] == []
 
 
+def test_a_vm_still_booting_is_left_to_boot_instead_of_reset(sim: SimHandle, real_store: Store) -> None:
+    sim.inject("vm_stopped")
+    sim.call(sim.vm.power_start)  # started a moment ago by someone else: sshd not up yet
+    ran = remediate(sim, real_store)
+    assert "wait for the boot" in ran.decisions()
+    assert ran.result.outcome == "nothing_to_do", ran.result
+    assert power_verbs(ran.state) == []
+    assert ran.state["vm"] == "running"
+
+
 def test_ssh_timing_out_while_the_host_sees_a_healthy_vm_is_not_corroborated(
     sim: SimHandle, real_store: Store
 ) -> None:
@@ -359,3 +369,12 @@ def test_memory_pressure_needs_both_low_available_memory_and_full_swap() -> None
     )
     assert diagnose.memory_pressure({**low, "swap_total_bytes": 0, "swap_used_bytes": 0}, rules)
     assert diagnose.memory_pressure({"mem_total_bytes": None}, rules) is None
+
+
+def test_meminfo_text_is_judged_with_the_probe_parser() -> None:
+    rules = RuleSettings()
+    full = "MemTotal: 16000000 kB\nMemAvailable: 100000 kB\nSwapTotal: 4000000 kB\nSwapFree: 10000 kB\n"
+    calm = "MemTotal: 16000000 kB\nMemAvailable: 8000000 kB\nSwapTotal: 4000000 kB\nSwapFree: 4000000 kB\n"
+    assert diagnose.pressure_in_meminfo(full, rules)[0] is not None
+    assert diagnose.pressure_in_meminfo(calm, rules) == (None, 0.5)
+    assert diagnose.pressure_in_meminfo("", rules)[0] == "meminfo unreadable"

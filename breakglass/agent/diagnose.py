@@ -15,6 +15,7 @@ from typing import Any
 
 from breakglass.config import RuleSettings
 from breakglass.remote import PveStatus
+from breakglass.watchdog.parse import parse_meminfo
 from breakglass.watchdog.probes import Readings
 
 # Evidence for a person reading the incident; the runbook parses the probe command instead.
@@ -103,6 +104,20 @@ def memory_pressure(fields: Mapping[str, Any], rules: RuleSettings) -> str | Non
     if ratio < rules.mem_available_ratio and swap_ratio > rules.swap_used_ratio:
         return f"MemAvailable {ratio:.1%} of MemTotal, swap {swap_ratio:.0%} used"
     return None
+
+
+def pressure_in_meminfo(text: str, rules: RuleSettings) -> tuple[str | None, float]:
+    """Memory pressure in ``/proc/meminfo`` text (or why it cannot tell), and MemAvailable/MemTotal."""
+    mem = parse_meminfo(text)
+    if not mem.total or mem.available is None:
+        return "meminfo unreadable", 0.0
+    fields = {
+        "mem_total_bytes": mem.total,
+        "mem_available_bytes": mem.available,
+        "swap_total_bytes": mem.swap_total,
+        "swap_used_bytes": mem.swap_used,
+    }
+    return memory_pressure(fields, rules), mem.available / mem.total
 
 
 def load_high(fields: Mapping[str, Any], rules: RuleSettings) -> str | None:

@@ -44,7 +44,7 @@ from typing import Any, Protocol
 from breakglass.agent import diagnose
 from breakglass.incidents.context import RemediationContext, RemediationResult
 from breakglass.remote import CommandResult, PveStatus, RemoteError, Verb
-from breakglass.watchdog.parse import PROBE_COMMAND, parse_df_used_ratio, parse_meminfo
+from breakglass.watchdog.parse import PROBE_COMMAND, parse_df_used_ratio
 from breakglass.watchdog.probes import readings_from_output
 from breakglass.watchdog.rules import LOAD_HIGH, host_corroborates
 
@@ -231,8 +231,9 @@ class RunbookRemediator:
             "top": [f"{p.pid} {p.user} {p.cpu:.1f}%cpu {p.mem:.1f}%mem {p.command[:100]}" for p in procs],
             "unit": unit,
         }
-        entry = diagnose.hog_allowed(rem.hog_allowlist, top, unit)
-        if entry is None or top.pid <= 1:
+        # PID 1 is never stopped, whatever the allowlist says.
+        entry = diagnose.hog_allowed(rem.hog_allowlist, top, unit) if top.pid > 1 else None
+        if entry is None:
             self._decide(
                 ctx,
                 "leave it running",
@@ -253,28 +254,20 @@ class RunbookRemediator:
             self._decide(ctx, f"kill -9 {top.pid}", f"allowlist entry {entry!r} matches; no unit", **evidence)
             await self._run(ctx, sh, f"sudo kill -9 {top.pid}")
             work.did.append(f"killed PID {top.pid} ({top.command[:60]})")
-        return await self._confirm_relief(ctx, sh, work, kind, fields)
+        return await self._confirm_relief(ctx, sh, work, kind)
 
     async def _confirm_relief(
-        self, ctx: RemediationContext, sh: _Runner, work: _Work, kind: str, fields: dict[str, Any]
+        self, ctx: RemediationContext, sh: _Runner, work: _Work, kind: str
     ) -> RemediationResult | None:
         if kind != "memory":
             return None  # load averages decay over minutes; the manager's rounds judge it
         after = await self._run(ctx, sh, "cat /proc/meminfo")
-        mem = parse_meminfo(after.stdout) if after else None
-        now = {
-            "mem_total_bytes": mem.total if mem else None,
-            "mem_available_bytes": mem.available if mem else None,
-            "swap_total_bytes": mem.swap_total if mem else None,
-            "swap_used_bytes": mem.swap_used if mem else None,
-        }
-        still = diagnose.memory_pressure(now, ctx.config.rules) if mem else "meminfo unreadable"
+        still, avail = diagnose.pressure_in_meminfo(after.stdout if after else "", ctx.config.rules)
         if still is not None:
             return work.result(
                 outcome="escalate", escalation="gave_up", detail=f"memory pressure remains: {still}"
             )
-        if mem and mem.total and mem.available is not None:
-            work.did.append(f"MemAvailable now {mem.available / mem.total:.0%}")
+        work.did.append(f"MemAvailable now {avail:.0%}")
         return None
 
     async def _nothing_in_guest(self, ctx: RemediationContext, work: _Work) -> RemediationResult:
