@@ -58,6 +58,16 @@ class CoreHandle(Protocol):
         """
         ...
 
+    def trigger(
+        self, target: str, *, trigger: str, reason: str, who: str, evidence: dict[str, Any] | None = None
+    ) -> Any:
+        """Open or attach an incident; a TriggerResult. Raises CoreUnavailable when the core is down."""
+        ...
+
+    def grant(self, target: str, who: str, why: str) -> int:
+        """Grant one extra power action for ``target``; the grant's id."""
+        ...
+
 
 @dataclass(frozen=True)
 class WebContext:
@@ -106,10 +116,14 @@ def create_app(
     app.extensions[EXTENSION] = WebContext(cfg=cfg, store=store, metrics=metrics, core=core)
 
     # Imported here so the blueprints can import web_context from this module.
-    from breakglass.web import api, health
+    from breakglass.web import api, health, webhook
+    from breakglass.web.auth import init_auth
 
+    # Authentication and CSRF run before every other hook and handler.
+    init_auth(app, cfg)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(webhook.bp)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
