@@ -9,13 +9,26 @@ is a 4xx, never a 5xx.
 from __future__ import annotations
 
 import re
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import structlog
 from flask import Blueprint, jsonify, request
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
 from breakglass.store import CLOSED_STATES, STATES
 from breakglass.web.app import ApiError, web_context
+from breakglass.web.auth import current_user
 
 log = structlog.get_logger("breakglass.web")
 
@@ -27,6 +40,7 @@ MAX_LIMIT = 500
 TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # SQLite integers are signed 64-bit; a larger id cannot exist and must not reach the driver.
 MAX_ID = 2**63 - 1
+T = TypeVar("T")
 
 
 @bp.get("/status")
@@ -135,4 +149,154 @@ def _power_json(p: dict[str, Any]) -> dict[str, Any]:
         "dry_run": bool(p.get("dry_run")),
         "decision": p.get("decision") or {},
         "detail": p.get("detail") or None,
+    }
+
+
+# -- writes (bearer API token; see auth.py) ------------------------------------
+
+MAX_TEXT = 2000
+MAX_SILENCE_SECONDS = 30 * 24 * 3600
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TriggerBody(_Body):
+    """``POST /api/v1/incidents``."""
+
+    target: StrictStr = Field(pattern=TARGET_NAME.pattern)
+    reason: StrictStr = Field(min_length=1, max_length=MAX_TEXT)
+
+
+class SilenceBody(_Body):
+    """``POST /api/v1/silences``: an end time or a duration, not both."""
+
+    target: StrictStr = Field(pattern=TARGET_NAME.pattern)
+    reason: StrictStr = Field(min_length=1, max_length=MAX_TEXT)
+    expires_at: StrictFloat | StrictInt | None = None
+    duration_seconds: StrictFloat | StrictInt | None = Field(None, gt=0, le=MAX_SILENCE_SECONDS)
+
+    @model_validator(mode="after")
+    def _one_end(self) -> SilenceBody:
+        if (self.expires_at is None) == (self.duration_seconds is None):
+            raise ValueError("give exactly one of expires_at and duration_seconds")
+        return self
+
+
+class GrantBody(_Body):
+    """``POST /api/v1/targets/<name>/grant``."""
+
+    why: StrictStr = Field(min_length=1, max_length=MAX_TEXT)
+
+
+B = TypeVar("B", bound=BaseModel)
+
+
+def parse_body(model: type[B]) -> B:
+    """The JSON body validated by ``model``; ApiError 400 naming each bad field."""
+    data = request.get_json(silent=True)
+    if data is None:
+        raise ApiError(400, "bad_request", [{"param": "(body)", "problem": "send a JSON object"}])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            {"param": ".".join(str(p) for p in e["loc"]) or "(body)", "problem": e["msg"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        raise ApiError(400, "bad_request", problems) from None
+
+
+def _known_target(name: str, param: str = "target") -> str:
+    if name not in {t.name for t in web_context().cfg.targets}:
+        raise ApiError(400, "bad_request", [{"param": param, "problem": f"no target named {name!r}"}])
+    return name
+
+
+def _core_call(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except (RuntimeError, TimeoutError) as exc:
+        log.warning("core_unavailable", error=str(exc))
+        raise ApiError(503, "core_unavailable", str(exc) or "the core did not answer") from None
+
+
+@bp.post("/incidents")
+def create_incident() -> Any:
+    """Open a manual incident, or attach the reason to the target's active one."""
+    body = parse_body(TriggerBody)
+    target = _known_target(body.target)
+    source = "cli" if request.headers.get("X-Breakglass-Client") == "cli" else "manual"
+    who = current_user()
+    res = _core_call(
+        lambda: web_context().core.trigger(
+            target, trigger=source, reason=body.reason, who=who, evidence={"note": body.reason}
+        )
+    )
+    log.info("manual_trigger", target=target, who=who, incident=res.incident_id, created=res.created)
+    out = {"id": res.incident_id, "target": target, "created": bool(res.created), "trigger": source}
+    return jsonify(out), 201 if res.created else 200
+
+
+@bp.get("/silences")
+def list_silences() -> Any:
+    """Silences in force now."""
+    rows = web_context().store.list_silences(time.time())
+    return jsonify({"silences": [silence_json(r) for r in rows]})
+
+
+@bp.post("/silences")
+def create_silence() -> Any:
+    """Silence automatic incidents for a target until a time."""
+    body = parse_body(SilenceBody)
+    target = _known_target(body.target)
+    now = time.time()
+    if body.duration_seconds is not None:
+        expires = now + float(body.duration_seconds)
+    else:
+        expires = float(body.expires_at or 0)
+        if not now < expires <= now + MAX_SILENCE_SECONDS:
+            raise ApiError(
+                400, "bad_request", [{"param": "expires_at", "problem": "must be in the next 30 days"}]
+            )
+    store = web_context().store
+    silence_id = store.add_silence(target, body.reason, current_user(), expires)
+    row = next((r for r in store.list_silences(now) if r["id"] == silence_id), None)
+    log.info("silence_added", target=target, who=current_user(), until=expires)
+    return jsonify(
+        silence_json(
+            row
+            or {
+                "id": silence_id,
+                "target": target,
+                "reason": body.reason,
+                "who": current_user(),
+                "created_at": now,
+                "expires_at": expires,
+            }
+        )
+    ), 201
+
+
+@bp.post("/targets/<name>/grant")
+def grant(name: str) -> Any:
+    """Allow one more power action for a target whose budget is spent; records who and why."""
+    target = _known_target(name, "name")
+    body = parse_body(GrantBody)
+    who = current_user()
+    grant_id = _core_call(lambda: web_context().core.grant(target, who, body.why))
+    log.info("grant", target=target, who=who)
+    return jsonify({"id": grant_id, "target": target, "who": who, "why": body.why}), 201
+
+
+def silence_json(row: dict[str, Any]) -> dict[str, Any]:
+    """The API's view of a silence."""
+    return {
+        "id": row["id"],
+        "target": row["target"],
+        "reason": row.get("reason"),
+        "who": row.get("who"),
+        "created_at": row.get("created_at"),
+        "expires_at": row["expires_at"],
     }
