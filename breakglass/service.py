@@ -18,6 +18,7 @@ from breakglass.config import Config, WebSettings
 from breakglass.core import Core, CoreThread
 from breakglass.log import configure_logging
 from breakglass.metrics import Metrics
+from breakglass.notify import Notifier
 from breakglass.store import Store
 from breakglass.web.app import create_app
 
@@ -57,7 +58,11 @@ def serve(cfg: Config, *, on_ready: Callable[[str], None] | None = None) -> int:
     cfg.store_path.parent.mkdir(parents=True, exist_ok=True)
     store = Store(cfg.store_path)
     metrics = Metrics()
-    thread = CoreThread(Core(cfg, store=store, metrics=metrics))
+    core = Core(cfg, store=store, metrics=metrics)
+    # Local URL until the server knows its port; public_url wins when configured.
+    notifier = Notifier(cfg.notify, cfg.web.public_url or "", store=store)
+    core.observers.add(notifier)
+    thread = CoreThread(core)
     handle = thread.start()
     app = create_app(cfg, store=store, metrics=metrics, core=handle)
     server = waitress.create_server(
@@ -65,6 +70,7 @@ def serve(cfg: Config, *, on_ready: Callable[[str], None] | None = None) -> int:
     )
     host = cfg.web.bind if ":" not in cfg.web.bind else f"[{cfg.web.bind}]"
     url = f"http://{host}:{server.effective_port}/"
+    notifier.public_url = cfg.web.public_url or url
     log.info("serving", url=url, targets=[t.name for t in cfg.targets], dry_run=cfg.budget.dry_run)
     if on_ready is not None:
         on_ready(url)
@@ -77,6 +83,7 @@ def serve(cfg: Config, *, on_ready: Callable[[str], None] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
         server.close()
         thread.stop()
+        notifier.close()
         store.close()
     return 0
 
