@@ -1,0 +1,76 @@
+"""Helpers for the web write tests: an app with tokens, a core handle that opens incidents in the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from prometheus_client import CollectorRegistry
+from web_support import StoreCore
+
+from breakglass.config import Config
+from breakglass.core import CoreUnavailable
+from breakglass.incidents.manager import TriggerResult
+from breakglass.metrics import Metrics
+from breakglass.store import Store
+from breakglass.web.app import create_app
+
+API_TOKEN = "api-token-0123456789"
+WEBHOOK_TOKEN = "webhook-token-0123456789"
+LOGIN_TOKEN = "login-token-0123456789"
+
+
+def with_tokens(cfg: Config, tmp_path: Path, **auth: Any) -> Config:
+    """``cfg`` with API, webhook (and login) token files written in ``tmp_path``, and auth settings."""
+    files = {}
+    for name, token in (("api", API_TOKEN), ("webhook", WEBHOOK_TOKEN), ("login", LOGIN_TOKEN)):
+        path = tmp_path / f"{name}_token"
+        path.write_text(token + "\n", encoding="utf-8")
+        files[name] = path
+    if auth.get("mode") == "token":
+        auth.setdefault("token_file", files["login"])
+    web = cfg.web.model_copy(
+        update={
+            "api_token_file": files["api"],
+            "webhook_token_file": files["webhook"],
+            "auth": cfg.web.auth.model_copy(update=auth),
+        }
+    )
+    return cfg.model_copy(update={"web": web})
+
+
+class TriggerCore(StoreCore):
+    """A core handle whose triggers open or attach incidents in the real store (single flight included)."""
+
+    def __init__(self, cfg: Config, store: Store) -> None:
+        super().__init__(cfg, store)
+        self.grants: list[tuple[str, str, str]] = []
+
+    def trigger(
+        self, target: str, *, trigger: str, reason: str, who: str, evidence: dict[str, Any] | None = None
+    ) -> TriggerResult:
+        """Open or attach in the store, as the manager does; CoreUnavailable when switched off."""
+        if not self.is_alive:
+            raise CoreUnavailable("the core loop is not running")
+        incident_id, created = self.store.open_incident(target, trigger, reason, who, evidence or {})
+        return TriggerResult(incident_id, created)
+
+    def grant(self, target: str, who: str, why: str) -> int:
+        """Record the grant in the store's ledger."""
+        if not self.is_alive:
+            raise CoreUnavailable("the core loop is not running")
+        return self.store.add_grant(target, who, why)
+
+
+def make_app(cfg: Config, store: Store, core: Any) -> Flask:
+    """The real app over these parts, with a fresh metrics registry."""
+    return create_app(cfg, store=store, metrics=Metrics(CollectorRegistry()), core=core, testing=True)
+
+
+def counts(store: Store) -> tuple[int, int, int]:
+    """Incidents, steps over all incidents, and silences now: what a refused request must not change."""
+    incidents = store.list_incidents(limit=10_000)
+    steps = sum(len((store.get_incident(i["id"]) or {}).get("steps") or ()) for i in incidents)
+    silences = len(store.list_silences(0))
+    return len(incidents), steps, silences
