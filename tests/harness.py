@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from breakglass.store import Store
-
 from breakglass.config import Config
 from breakglass.core import Core, CoreHandle, CoreThread
 from breakglass.metrics import Metrics
+from breakglass.store import Store
 
 T = TypeVar("T")
 CLOSED = ("resolved", "escalated", "failed")
