@@ -1,0 +1,282 @@
+"""The Alertmanager webhook: token, size cap, schema, dedupe, target mapping and core outages."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import waitress
+from api_support import WEBHOOK_TOKEN, TriggerCore, counts, make_app, with_tokens
+from flask import Flask
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from web_support import web_config
+
+from breakglass.config import Config
+from breakglass.store import Store
+
+AUTH = {"Authorization": f"Bearer {WEBHOOK_TOKEN}"}
+FIRING_ENDS = "0001-01-01T00:00:00Z"
+
+
+def alert(status: str = "firing", fingerprint: str = "fp1", **labels: str) -> dict[str, Any]:
+    """One alert as Alertmanager sends it."""
+    return {
+        "status": status,
+        "labels": {"alertname": "DevvmDown", "target": "devvm", **labels},
+        "annotations": {"summary": "devvm stopped answering"},
+        "startsAt": "2026-11-28T10:00:00Z",
+        "endsAt": FIRING_ENDS if status == "firing" else "2026-11-28T10:05:00Z",
+        "generatorURL": "http://prometheus:9090/graph",
+        "fingerprint": fingerprint,
+    }
+
+
+def payload(*alerts: dict[str, Any], status: str = "firing") -> dict[str, Any]:
+    """A version 4 notification."""
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="DevvmDown"}',
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": "breakglass",
+        "groupLabels": {"alertname": "DevvmDown"},
+        "commonLabels": {"alertname": "DevvmDown"},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+        "alerts": list(alerts),
+    }
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Config:
+    return with_tokens(web_config(tmp_path), tmp_path)
+
+
+@pytest.fixture
+def store(cfg: Config) -> Iterator[Store]:
+    s = Store(cfg.store_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def core(cfg: Config, store: Store) -> TriggerCore:
+    return TriggerCore(cfg, store)
+
+
+@pytest.fixture
+def app(cfg: Config, store: Store, core: TriggerCore) -> Flask:
+    return make_app(cfg, store, core)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def post(client: FlaskClient, body: Any, headers: dict[str, str] | None = None) -> Any:
+    return client.post("/api/v1/alertmanager", json=body, headers=AUTH if headers is None else headers)
+
+
+def test_a_firing_alert_opens_an_incident_with_the_alert_as_evidence(
+    client: FlaskClient, store: Store
+) -> None:
+    r = post(client, payload(alert()))
+    assert r.status_code == 200
+    assert r.json["received"] == 1
+    [inc_id] = r.json["opened"]
+    inc = store.get_incident(inc_id)
+    assert inc is not None
+    assert inc["trigger"] == "alertmanager"
+    assert inc["who"] == "alertmanager"
+    assert inc["reason"] == "DevvmDown: devvm stopped answering"
+    assert inc["evidence"]["alert"]["fingerprint"] == "fp1"
+    assert inc["evidence"]["alert"]["generatorURL"] == "http://prometheus:9090/graph"
+
+
+def test_repeats_of_the_same_fingerprint_and_status_are_recorded_once(
+    client: FlaskClient, store: Store
+) -> None:
+    first = post(client, payload(alert()))
+    again = post(client, payload(alert(), alert()))
+    assert first.json["opened"]
+    assert again.json["duplicates"] == 2
+    assert again.json["opened"] == []
+    assert again.json["attached"] == []
+    resolved = payload(alert("resolved"), status="resolved")
+    assert post(client, resolved).json["alerts"][0]["outcome"] == "recorded"
+    assert post(client, resolved).json["alerts"][0]["outcome"] == "duplicate"
+    inc = store.get_incident(first.json["opened"][0])
+    assert inc is not None
+    assert [s["kind"] for s in inc["steps"]].count("alert_resolved") == 1
+
+
+def test_an_alert_that_fires_again_after_resolving_counts_again(client: FlaskClient) -> None:
+    assert post(client, payload(alert())).json["opened"]
+    post(client, payload(alert("resolved"), status="resolved"))
+    again = post(client, payload(alert()))
+    assert again.json["duplicates"] == 0
+    assert again.json["attached"] or again.json["opened"]
+
+
+def test_a_second_alert_attaches_to_the_active_incident(client: FlaskClient) -> None:
+    [opened] = post(client, payload(alert())).json["opened"]
+    r = post(client, payload(alert(fingerprint="fp2", alertname="DevvmLoad")))
+    assert r.json["attached"] == [opened]
+
+
+def test_the_instance_label_and_its_host_part_name_a_target(client: FlaskClient) -> None:
+    a = alert(fingerprint="fp-instance")
+    del a["labels"]["target"]
+    a["labels"]["instance"] = "other:9100"
+    r = post(client, payload(a))
+    assert r.json["alerts"][0]["target"] == "other"
+    assert r.json["alerts"][0]["outcome"] == "opened"
+
+
+def test_alerts_for_unknown_targets_are_ignored_and_reported(client: FlaskClient, store: Store) -> None:
+    r = post(client, payload(alert(target="elsewhere"), alert(fingerprint="fp2", target="devvm")))
+    assert r.status_code == 200
+    assert r.json["unknown_targets"] == ["elsewhere"]
+    assert len(store.list_incidents()) == 1
+
+
+def test_a_resolved_alert_without_an_active_incident_changes_nothing(
+    client: FlaskClient, store: Store
+) -> None:
+    r = post(client, payload(alert("resolved"), status="resolved"))
+    assert r.json["alerts"][0]["outcome"] == "no_active_incident"
+    assert store.list_incidents() == []
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": WEBHOOK_TOKEN}])
+def test_the_webhook_needs_its_bearer_token(
+    client: FlaskClient, store: Store, headers: dict[str, str]
+) -> None:
+    r = post(client, payload(alert()), headers)
+    assert r.status_code == 401
+    assert r.json["error"] == "unauthorized"
+    assert store.list_incidents() == []
+
+
+def test_the_api_token_is_not_the_webhook_token(client: FlaskClient) -> None:
+    from api_support import API_TOKEN
+
+    assert post(client, payload(alert()), {"Authorization": f"Bearer {API_TOKEN}"}).status_code == 401
+
+
+def test_a_body_over_one_mebibyte_is_refused_with_413(client: FlaskClient, store: Store) -> None:
+    big = payload(alert(fingerprint="x" * 200))
+    big["commonAnnotations"] = {"pad": "x" * (1024 * 1024)}
+    r = post(client, big)
+    assert r.status_code == 413
+    assert store.list_incidents() == []
+
+
+def test_a_chunked_body_over_the_cap_is_refused_by_the_real_server(app: Flask, store: Store) -> None:
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4)
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=10)
+        chunk = b"x" * 65536
+        conn.putrequest("POST", "/api/v1/alertmanager")
+        conn.putheader("Authorization", AUTH["Authorization"])
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        for _ in range(20):  # 1.25 MiB in all
+            conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        conn.send(b"0\r\n\r\n")
+        resp = conn.getresponse()
+        assert resp.status == 413
+        resp.read()
+        conn.close()
+    finally:
+        server.close()
+        t.join(5)
+    assert store.list_incidents() == []
+
+
+def test_a_core_that_is_down_answers_503_and_the_retry_counts(
+    client: FlaskClient, core: TriggerCore, store: Store
+) -> None:
+    core.is_alive = False
+    r = post(client, payload(alert()))
+    assert r.status_code == 503
+    assert r.json["error"] == "core_unavailable"
+    core.is_alive = True
+    retry = post(client, payload(alert()))
+    assert retry.status_code == 200
+    assert retry.json["opened"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**payload(alert()), "version": "3"}, "version"),
+        ({**payload(alert()), "alerts": [{**alert(), "status": "pending"}]}, "alerts.0.status"),
+        ({**payload(alert()), "alerts": [{**alert(), "labels": {"target": 5}}]}, "alerts.0.labels.target"),
+        ({**payload(alert()), "alerts": [{**alert(), "fingerprint": ""}]}, "alerts.0.fingerprint"),
+        ({k: v for k, v in payload(alert()).items() if k != "receiver"}, "receiver"),
+        ([], "(body)"),
+    ],
+)
+def test_a_malformed_payload_gets_400_naming_the_field(
+    client: FlaskClient, store: Store, body: Any, field: str
+) -> None:
+    r = post(client, body)
+    assert r.status_code == 400
+    assert field in [p["param"] for p in r.json["detail"]]
+    assert counts(store) == (0, 0, 0)
+
+
+def test_a_body_that_is_not_json_gets_400(client: FlaskClient) -> None:
+    r = client.post("/api/v1/alertmanager", data=b"\xff{not json", headers=AUTH)
+    assert r.status_code == 400
+    assert r.json["error"] == "bad_request"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+mutated = st.builds(
+    lambda key, value: {**payload(alert()), key: value},
+    st.sampled_from(list(payload(alert()))),
+    json_values,
+) | st.builds(
+    lambda key, value: {**payload(), "alerts": [{**alert(), key: value}]},
+    st.sampled_from(list(alert())),
+    json_values,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=json_values | mutated)
+def test_generated_payloads_never_get_a_5xx_and_a_4xx_changes_nothing(
+    client: FlaskClient, store: Store, body: Any
+) -> None:
+    before = counts(store)
+    r = post(client, body)
+    assert r.status_code < 500
+    if r.status_code >= 400:
+        assert counts(store) == before
+    else:
+        assert json.loads(r.get_data())["received"] == len(body["alerts"])
+
+
+def test_alerts_are_counted_by_status(app: Flask, client: FlaskClient) -> None:
+    post(client, payload(alert(), alert("resolved", fingerprint="fp9")))
+    ctx = app.extensions["breakglass"]
+    registry = ctx.metrics.registry
+    assert registry.get_sample_value("breakglass_alerts_received_total", {"status": "firing"}) == 1
+    assert registry.get_sample_value("breakglass_alerts_received_total", {"status": "resolved"}) == 1
