@@ -1,0 +1,121 @@
+"""``breakglass trigger`` against a running ``breakglass serve``, and serve's refusal of open binds."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from harness import wait_for
+from web_support import web_config
+
+from breakglass.config import Config
+from breakglass.sim.runner import SimHandle
+from breakglass.web.client import api_base, trigger_command
+
+CLI = [sys.executable, "-m", "breakglass.cli"]
+
+
+def _get(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return json.loads(resp.read())
+    except OSError:
+        return None
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def served(sim: SimHandle, tmp_path: Path) -> Iterator[SimHandle]:
+    """``breakglass serve`` on the simulator's config, ready to answer."""
+    log = (tmp_path / "serve.log").open("ab")
+    proc = subprocess.Popen(
+        [*CLI, "serve", "-c", str(sim.config_path)], stdout=subprocess.DEVNULL, stderr=log
+    )
+    try:
+        base = api_base(sim.config)
+        wait_for(
+            lambda: _get(f"{base}/readyz") or proc.poll() is not None, within=30, what="serve to be ready"
+        )
+        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+        yield sim
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+
+
+def test_trigger_opens_an_incident_then_attaches_to_it(served: SimHandle) -> None:
+    cfg = served.config
+    first = _run("trigger", "-c", str(served.config_path), "--reason", "the build hangs")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("opened incident ")
+    incident_id = int(first.stdout.split()[2])
+    second = _run("trigger", "-c", str(served.config_path), "--reason", "still hangs")
+    assert second.returncode == 0, second.stderr
+    # The first incident may already be over on a healthy VM; then the second opens a new one.
+    assert second.stdout.startswith(("attached to incident", "opened incident"))
+    inc = _get(f"{api_base(cfg)}/api/v1/incidents/{incident_id}")
+    assert inc["trigger"] == "cli"
+    assert inc["reason"] == "the build hangs"
+    assert inc["who"].startswith("api")
+
+
+def test_trigger_with_an_unknown_target_exits_2(served: SimHandle) -> None:
+    r = _run("trigger", "-c", str(served.config_path), "--target", "ghost", "--reason", "x")
+    assert r.returncode == 2
+    assert "ghost" in r.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_trigger_exits_1_when_the_service_is_unreachable(tmp_path: Path) -> None:
+    token = tmp_path / "api_token"
+    token.write_text("t\n")
+    cfg = web_config(tmp_path, ("devvm",))
+    web = cfg.web.model_copy(update={"port": _free_port(), "api_token_file": token})
+    assert trigger_command(cfg.model_copy(update={"web": web}), target=None, reason="x") == 1
+
+
+def test_trigger_needs_a_target_when_several_are_configured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert trigger_command(web_config(tmp_path), target=None, reason="x") == 2
+    assert "--target" in capsys.readouterr().err
+
+
+def test_trigger_without_an_api_token_says_what_to_configure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg: Config = web_config(tmp_path, ("devvm",))
+    assert trigger_command(cfg, target=None, reason="x") == 2
+    assert "web.api_token_file" in capsys.readouterr().err
+
+
+def test_serve_refuses_to_bind_all_addresses_without_auth(sim: SimHandle, tmp_path: Path) -> None:
+    data = yaml.safe_load(sim.config_path.read_text())
+    data.setdefault("web", {})["bind"] = "0.0.0.0"
+    config = tmp_path / "open.yaml"
+    config.write_text(yaml.safe_dump(data))
+    r = _run("serve", "-c", str(config))
+    assert r.returncode == 2
+    assert "web.auth.mode" in r.stderr
+    assert "127.0.0.1" in r.stderr
