@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+import waitress
 from api_support import API_TOKEN, TriggerCore, counts, make_app, with_tokens
 from flask import Flask
 from flask.testing import FlaskClient
+from harness import override, start_core
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from web_support import web_config
 
-from breakglass.config import Config
+from breakglass.config import Config, read_secret
+from breakglass.sim.runner import SimHandle
 from breakglass.store import Store
+from breakglass.web.app import create_app
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
@@ -211,3 +220,65 @@ def test_generated_bodies_never_get_a_5xx_and_a_4xx_changes_nothing(
     assert r.status_code < 500
     if r.status_code >= 400:
         assert (counts(store), len(store.grants("devvm"))) == before
+
+
+def test_100_concurrent_manual_triggers_and_webhook_posts_make_one_incident(sim: SimHandle) -> None:
+    # Verification lasts many probe rounds, so the incident stays active through the burst.
+    cfg = override(sim.config, incidents={"verify_rounds": 50})
+    running = start_core(cfg)
+    app = create_app(cfg, store=running.store, metrics=running.metrics, core=running.handle)
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=16)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.effective_port}/api/v1"
+    api = {"Authorization": f"Bearer {read_secret(cfg.web.api_token_file)}"}
+    hook = {"Authorization": f"Bearer {read_secret(cfg.web.webhook_token_file)}"}
+    target = running.target
+
+    def manual(i: int) -> tuple[int, Any]:
+        return _post(f"{base}/incidents", {"target": target, "reason": f"manual {i}"}, api)
+
+    def webhook(i: int) -> tuple[int, Any]:
+        alert = {
+            "status": "firing",
+            "labels": {"alertname": "DevvmDown", "target": target},
+            "annotations": {},
+            "startsAt": "2026-11-28T10:00:00Z",
+            "fingerprint": f"fp{i}",
+        }
+        body = {"version": "4", "groupKey": "g", "status": "firing", "receiver": "bg", "alerts": [alert]}
+        return _post(f"{base}/alertmanager", body, hook)
+
+    try:
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            futures = [pool.submit(manual if i % 2 else webhook, i) for i in range(100)]
+            answers = [f.result(timeout=60) for f in futures]
+    finally:
+        server.close()
+        thread.join(10)
+        running.stop()
+    assert {status for status, _ in answers} <= {200, 201}
+    ids = {b["id"] for s, b in answers if "id" in b} | {
+        a["incident_id"] for s, b in answers for a in b.get("alerts", ())
+    }
+    assert len(ids) == 1
+    assert sum(1 for s, _ in answers if s == 201) + sum(len(b.get("opened", ())) for _, b in answers) == 1
+    store = Store(cfg.store_path)
+    try:
+        assert len(store.list_incidents(target=target)) == 1
+    finally:
+        store.close()
+
+
+def _post(url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", **headers},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
