@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 
 import pytest
 import yaml
+from api_support import API_TOKEN, WEBHOOK_TOKEN, TriggerCore, make_app, with_tokens
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
@@ -240,3 +241,54 @@ def test_the_real_cores_status_matches_its_documented_schema(
     assert by_name["devvm"]["readings"] is not None
     assert by_name["other"]["silence"]["reason"] == "kernel upgrade"
     check_against_doc(doc, "get", "/api/v1/status", 200, body)
+
+
+WRITES: list[tuple[str, Any, bool]] = [
+    ("/api/v1/incidents", {"target": "devvm", "reason": "slow"}, True),
+    ("/api/v1/incidents", {"target": "devvm", "reason": "slower"}, True),
+    ("/api/v1/incidents", {"target": "ghost", "reason": "x"}, True),
+    ("/api/v1/incidents", {"target": "devvm", "reason": "x"}, False),
+    ("/api/v1/silences", {"target": "devvm", "reason": "x", "duration_seconds": 60}, True),
+    ("/api/v1/silences", {"target": "devvm", "reason": "x"}, True),
+    ("/api/v1/targets/devvm/grant", {"why": "one more"}, True),
+    ("/api/v1/targets/devvm/grant", {}, True),
+    (
+        "/api/v1/alertmanager",
+        {
+            "version": "4",
+            "groupKey": "g",
+            "status": "firing",
+            "receiver": "bg",
+            "alerts": [
+                {
+                    "status": "firing",
+                    "labels": {"target": t},
+                    "startsAt": "2026-11-28T10:00:00Z",
+                    "fingerprint": t,
+                }
+                for t in ("devvm", "devvm", "elsewhere")
+            ],
+        },
+        True,
+    ),
+    ("/api/v1/alertmanager", {"version": "3"}, True),
+    ("/api/v1/alertmanager", {"version": "4"}, False),
+]
+
+
+def test_write_answers_match_their_documented_schemas(doc: dict[str, Any], tmp_path: Path) -> None:
+    cfg = with_tokens(web_config(tmp_path), tmp_path)
+    store = Store(cfg.store_path)
+    try:
+        client = make_app(cfg, store, TriggerCore(cfg, store)).test_client()
+        for path, body, authorised in WRITES:
+            token = WEBHOOK_TOKEN if path.endswith("alertmanager") else API_TOKEN
+            headers = {"Authorization": f"Bearer {token}"} if authorised else {}
+            r = client.post(path, json=body, headers=headers)
+            template = re.sub(r"/targets/[^/]+/", "/targets/{name}/", path)
+            check_against_doc(doc, "post", template, r.status_code, r.json)
+        r = client.get("/api/v1/silences")
+        check_against_doc(doc, "get", "/api/v1/silences", r.status_code, r.json)
+        assert len(r.json["silences"]) == 1
+    finally:
+        store.close()
