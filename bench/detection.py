@@ -39,7 +39,7 @@ FAULTS: dict[str, tuple[str, bool, bool]] = {
     "disk_full": ("disk_rounds", False, False),
     "memory_hog": ("memory_for_seconds", False, False),
     "network_partition": ("ssh_rounds", True, False),
-    "pve_unreachable": ("pve_rounds", True, False),
+    "pve_unreachable": ("pve_rounds", False, False),
 }
 
 
