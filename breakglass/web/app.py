@@ -116,7 +116,7 @@ def create_app(
     app.extensions[EXTENSION] = WebContext(cfg=cfg, store=store, metrics=metrics, core=core)
 
     # Imported here so the blueprints can import web_context from this module.
-    from breakglass.web import api, health, webhook
+    from breakglass.web import api, health, pages, sse, webhook
     from breakglass.web.auth import init_auth
 
     # Authentication and CSRF run before every other hook and handler.
@@ -124,6 +124,8 @@ def create_app(
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(webhook.bp)
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(sse.bp)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)

@@ -1,0 +1,225 @@
+"""The operator's pages: status with charts and forms, incident list and detail, demo panel."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, abort, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response
+
+from breakglass.web.app import web_context
+from breakglass.web.auth import current_user
+from breakglass.web.charts import line_chart
+
+bp = Blueprint("pages", __name__)
+
+CHART_HOURS = 3
+
+SIM_TIMEOUT_SECONDS = 3.0
+
+
+@bp.app_template_filter("utc")
+def utc(ts: float | None) -> str:
+    """A Unix time as UTC ISO 8601 (seconds)."""
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@bp.app_template_filter("ago")
+def ago(ts: float | None, now: float | None = None) -> str:
+    """A Unix time relative to now: '3 min ago' or 'in 2 h'."""
+    if ts is None:
+        return ""
+    delta = (time.time() if now is None else now) - float(ts)
+    span, suffix = abs(delta), ("ago" if delta >= 0 else "from now")
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if span >= size:
+            return f"{int(span // size)} {unit} {suffix}"
+    return f"{int(span)} s {suffix}"
+
+
+@bp.app_template_filter("pretty")
+def pretty(value: Any) -> str:
+    """A step field as readable text: strings as they are, the rest as indented JSON."""
+    return value if isinstance(value, str) else json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+def _charts(name: str, now: float) -> list[Any]:
+    ctx = web_context()
+    rows = ctx.store.readings_since(name, now - CHART_HOURS * 3600)
+    rules = ctx.cfg.rules
+    return [
+        line_chart(
+            "SSH login seconds",
+            rows,
+            lambda r: r.get("ssh_login_seconds"),
+            threshold=rules.ssh_slow_seconds,
+            unit=" s",
+        ),
+        line_chart(
+            "Load per CPU",
+            rows,
+            lambda r: (r["load1"] / max(1, r.get("ncpu") or 1)) if r.get("load1") is not None else None,
+            threshold=rules.load_per_cpu,
+        ),
+        line_chart(
+            "Memory available (ratio)",
+            rows,
+            lambda r: (
+                (r["mem_available_bytes"] / r["mem_total_bytes"])
+                if r.get("mem_available_bytes") is not None and r.get("mem_total_bytes")
+                else None
+            ),
+            threshold=rules.mem_available_ratio,
+        ),
+    ]
+
+
+def _sim_state() -> dict[str, Any] | None:
+    cfg = web_context().cfg
+    if not cfg.demo or not cfg.sim_control_url:
+        return None
+    try:
+        return _sim_call("GET", "/state")
+    except (OSError, ValueError) as exc:
+        return {"error": str(exc)}
+
+
+def _sim_call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    base = str(web_context().cfg.sim_control_url).rstrip("/")
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(  # noqa: S310
+        base + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    # The URL comes from our own config (the simulator the demo started), never from a request.
+    with urllib.request.urlopen(req, timeout=SIM_TIMEOUT_SECONDS) as resp:  # noqa: S310
+        raw = resp.read()
+    return json.loads(raw) if raw else {}
+
+
+@bp.get("/")
+def index() -> str:
+    """Every target's health, charts, incident, budget, silences and forms."""
+    ctx = web_context()
+    now = time.time()
+    try:
+        status = ctx.core.status()
+        core_error = None
+    except (RuntimeError, TimeoutError) as exc:
+        status, core_error = {"targets": []}, str(exc)
+    targets = []
+    for t in status["targets"]:
+        latest = ctx.store.list_incidents(target=t["name"], limit=1)
+        targets.append({**t, "charts": _charts(t["name"], now), "latest": latest[0] if latest else None})
+    from breakglass.sim.vm import FAULTS
+
+    return render_template(
+        "index.html",
+        targets=targets,
+        core_error=core_error,
+        rules=ctx.cfg.rules,
+        silences=ctx.store.list_silences(now),
+        demo=ctx.cfg.demo,
+        faults=FAULTS,
+        sim=_sim_state(),
+        now=now,
+    )
+
+
+@bp.get("/incidents")
+def incidents() -> str:
+    """Incidents newest first, filtered by target and state."""
+    ctx = web_context()
+    target = request.args.get("target") or None
+    state = request.args.get("state") or None
+    rows = ctx.store.list_incidents(target=target, limit=200, states=[state] if state else None)
+    return render_template(
+        "incidents.html",
+        incidents=rows,
+        target=target,
+        state=state,
+        targets=[t.name for t in ctx.cfg.targets],
+    )
+
+
+@bp.get("/incidents/<int:incident_id>")
+def incident(incident_id: int) -> str:
+    """One incident: trigger, transitions, steps, power actions, tokens, report."""
+    inc = web_context().store.get_incident(incident_id)
+    if inc is None:
+        abort(404)
+    return render_template("incident.html", inc=inc, active=inc["closed_at"] is None)
+
+
+def _target_or_400(name: str) -> str:
+    if name not in {t.name for t in web_context().cfg.targets}:
+        abort(400, f"unknown target {name!r}")
+    return name
+
+
+@bp.post("/incidents")
+def break_glass() -> Response:
+    """Open a manual incident for the target, or attach the note to its active one."""
+    ctx = web_context()
+    target = _target_or_400(request.form.get("target", ""))
+    note = request.form.get("note", "").strip()[:2000] or "break glass from the page"
+    try:
+        result = ctx.core.trigger(target, trigger="manual", reason=note, who=current_user(), evidence={})
+    except Exception as exc:
+        abort(503, f"the core did not take the trigger: {exc}")
+    if getattr(result, "incident_id", None):
+        return redirect(url_for("pages.incident", incident_id=result.incident_id), 303)
+    return redirect(url_for("pages.index"), 303)
+
+
+@bp.post("/silences")
+def silence() -> Response:
+    """Silence automatic incidents for a target for some minutes."""
+    ctx = web_context()
+    target = _target_or_400(request.form.get("target", ""))
+    reason = request.form.get("reason", "").strip()[:500]
+    try:
+        minutes = float(request.form.get("minutes", "60"))
+    except ValueError:
+        abort(400, "minutes must be a number")
+    if not reason or not 0 < minutes <= 7 * 24 * 60:
+        abort(400, "a reason and 0 < minutes <= 10080 are required")
+    ctx.store.add_silence(target, reason, current_user(), time.time() + minutes * 60)
+    return redirect(url_for("pages.index"), 303)
+
+
+@bp.post("/targets/<name>/grant")
+def grant(name: str) -> Response:
+    """Grant one more power action for a target, recording who and why."""
+    target = _target_or_400(name)
+    why = request.form.get("why", "").strip()[:500]
+    if not why:
+        abort(400, "say why the extra power action is granted")
+    web_context().core.grant(target, current_user(), why)
+    return redirect(url_for("pages.index"), 303)
+
+
+@bp.post("/demo/faults")
+def demo_faults() -> Response:
+    """Forward a fault injection (or clear) to the simulator; demo mode only."""
+    from breakglass.sim.vm import FAULTS
+
+    if not web_context().cfg.demo or not web_context().cfg.sim_control_url:
+        abort(404)
+    fault = request.form.get("fault", "")
+    try:
+        if fault == "clear":
+            _sim_call("DELETE", "/faults")
+        elif fault in FAULTS:
+            _sim_call("POST", "/faults", {"fault": fault})
+        else:
+            abort(400, f"unknown fault {fault!r}")
+    except (OSError, ValueError) as exc:
+        abort(502, f"the simulator did not answer: {exc}")
+    return redirect(url_for("pages.index"), 303)

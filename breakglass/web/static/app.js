@@ -1,0 +1,68 @@
+// Live updates without reloading: incident pages append steps, the index refreshes its sections.
+"use strict";
+(function () {
+  function fromHTML(html) {
+    var tpl = document.createElement("template");
+    tpl.innerHTML = html.trim();
+    return tpl.content.firstElementChild;
+  }
+
+  function liveIncident(url) {
+    var source = new EventSource(url);
+    source.addEventListener("step", function (ev) {
+      var data = JSON.parse(ev.data);
+      if (document.getElementById("step-" + data.id)) { return; }
+      var el = fromHTML(data.html);
+      el.classList.add("new");
+      document.getElementById("steps").appendChild(el);
+    });
+    source.addEventListener("transition", function (ev) {
+      var data = JSON.parse(ev.data);
+      var el = fromHTML(data.html);
+      el.classList.add("new");
+      document.getElementById("transitions").appendChild(el);
+      var state = document.getElementById("inc-state");
+      state.textContent = data.to_state;
+      state.className = "state state-" + data.to_state;
+    });
+    source.addEventListener("closed", function (ev) {
+      var data = JSON.parse(ev.data);
+      var state = document.getElementById("inc-state");
+      state.textContent = data.state;
+      state.className = "state state-" + data.state;
+      document.getElementById("report").textContent = data.report;
+      document.getElementById("live-note").textContent = "Closed.";
+      source.close();
+    });
+  }
+
+  function refreshIndex() {
+    // Swap in the freshly rendered sections, unless the user is typing in a form.
+    var active = document.activeElement;
+    if (active && (active.tagName === "INPUT" || active.tagName === "SELECT")) { return; }
+    fetch(window.location.pathname, { credentials: "same-origin" })
+      .then(function (resp) { return resp.text(); })
+      .then(function (text) {
+        var doc = new DOMParser().parseFromString(text, "text/html");
+        var fresh = doc.getElementById("main");
+        if (fresh) { document.getElementById("main").replaceWith(fresh); }
+      });
+  }
+
+  function liveIndex(url) {
+    var source = new EventSource(url);
+    var first = true;
+    source.addEventListener("status", function () {
+      if (first) { first = false; return; }
+      refreshIndex();
+    });
+    // Readings and charts change every probe round even when status does not.
+    window.setInterval(refreshIndex, 30000);
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var body = document.body;
+    if (body.dataset.incidentLive) { liveIncident(body.dataset.incidentLive); }
+    if (body.dataset.live) { liveIndex(body.dataset.live); }
+  });
+})();

@@ -1,0 +1,182 @@
+"""The operator's pages through the Flask test client over a real Store."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+from api_support import TriggerCore, counts, make_app
+from flask.testing import FlaskClient
+from web_support import healthy_readings, web_config
+
+from breakglass.store import Store
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    """A fresh SQLite store."""
+    return Store(tmp_path / "breakglass.db")
+
+
+@pytest.fixture
+def core(tmp_path: Path, store: Store) -> TriggerCore:
+    """A core handle that opens incidents in the real store."""
+    return TriggerCore(web_config(tmp_path), store)
+
+
+@pytest.fixture
+def client(core: TriggerCore, store: Store) -> FlaskClient:
+    """A test client of the real app."""
+    return make_app(core.cfg, store, core).test_client()
+
+
+def _token(client: FlaskClient) -> str:
+    page = client.get("/").get_data(as_text=True)
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match, "the index carries a CSRF token in its forms"
+    return match.group(1)
+
+
+def test_the_index_shows_readings_beside_thresholds_charts_and_forms(
+    client: FlaskClient, store: Store
+) -> None:
+    now = time.time()
+    for i in range(5):
+        store.add_readings(healthy_readings("devvm", at=now - 600 + i * 120))
+    r = client.get("/")
+    html = r.get_data(as_text=True)
+    assert r.status_code == 200
+    assert "devvm" in html
+    assert "other" in html
+    assert "< 5.0 s" in html.replace("&lt;", "<")  # the SSH threshold beside the reading
+    assert html.count('<polyline class="series"') == 3
+    assert "<title>SSH login seconds: latest 0.12 s" in html
+    assert "Break glass" in html
+    assert "Silence" in html
+    assert "Simulator" not in html
+    assert r.headers["Cache-Control"] == "no-store"
+    assert "'unsafe-inline'" not in r.headers["Content-Security-Policy"]
+    assert r.headers["X-Frame-Options"] == "DENY"
+    assert '<meta name="viewport"' in html
+
+
+def test_break_glass_opens_one_manual_incident_with_who_and_a_second_attaches(
+    client: FlaskClient, store: Store
+) -> None:
+    token = _token(client)
+    r = client.post("/incidents", data={"csrf_token": token, "target": "devvm", "note": "it is slow"})
+    assert r.status_code == 303
+    [inc] = store.list_incidents()
+    assert (inc["trigger"], inc["who"], inc["reason"]) == ("manual", "local", "it is slow")
+    assert r.headers["Location"].endswith(f"/incidents/{inc['id']}")
+    client.post("/incidents", data={"csrf_token": token, "target": "devvm", "note": "still slow"})
+    assert len(store.list_incidents()) == 1
+    steps = store.get_incident(inc["id"])["steps"]  # type: ignore[index]
+    assert steps[-1]["data"]["reason"] == "still slow"
+
+
+@pytest.mark.parametrize("token", [None, "wrong"])
+@pytest.mark.parametrize(
+    ("path", "form"),
+    [
+        ("/incidents", {"target": "devvm", "note": "x"}),
+        ("/silences", {"target": "devvm", "reason": "maintenance", "minutes": "30"}),
+        ("/targets/devvm/grant", {"why": "known io stall"}),
+    ],
+)
+def test_a_form_post_without_the_right_csrf_token_is_refused_and_changes_nothing(
+    client: FlaskClient, core: TriggerCore, store: Store, path: str, form: dict[str, str], token: str | None
+) -> None:
+    _token(client)
+    before = counts(store)
+    data = dict(form) | ({"csrf_token": token} if token else {})
+    assert client.post(path, data=data).status_code == 400
+    assert counts(store) == before
+    assert store.grants("devvm") == []
+
+
+def test_the_silence_form_records_reason_who_and_expiry(client: FlaskClient, store: Store) -> None:
+    token = _token(client)
+    r = client.post(
+        "/silences", data={"csrf_token": token, "target": "devvm", "reason": "upgrade", "minutes": "30"}
+    )
+    assert r.status_code == 303
+    [s] = store.list_silences(time.time())
+    assert (s["target"], s["reason"], s["who"]) == ("devvm", "upgrade", "local")
+    assert 29 * 60 < s["expires_at"] - time.time() <= 30 * 60
+    assert "upgrade" in client.get("/").get_data(as_text=True)
+
+
+def test_the_grant_form_records_who_and_why(client: FlaskClient, store: Store) -> None:
+    token = _token(client)
+    assert client.post("/targets/devvm/grant", data={"csrf_token": token, "why": ""}).status_code == 400
+    r = client.post("/targets/devvm/grant", data={"csrf_token": token, "why": "one more cycle"})
+    assert r.status_code == 303
+    [g] = store.grants("devvm")
+    assert (g["who"], g["why"]) == ("local", "one more cycle")
+
+
+def test_an_unknown_target_is_refused(client: FlaskClient, store: Store) -> None:
+    token = _token(client)
+    assert client.post("/incidents", data={"csrf_token": token, "target": "nope"}).status_code == 400
+    assert store.list_incidents() == []
+
+
+def test_hostile_step_text_and_command_output_show_as_text(client: FlaskClient, store: Store) -> None:
+    incident_id, _ = store.open_incident("devvm", "manual", HOSTILE, "local", {"alert": HOSTILE})
+    store.add_step(incident_id, "agent_text", {"text": HOSTILE})
+    store.add_step(
+        incident_id, "tool_call", {"tool": "devvm_shell", "input": {"cmd": "uptime"}, "output": HOSTILE * 20}
+    )
+    store.set_report(incident_id, HOSTILE)
+    for path in (f"/incidents/{incident_id}", "/incidents", "/"):
+        html = client.get(path).get_data(as_text=True)
+        assert "<script>alert" not in html, path
+    html = client.get(f"/incidents/{incident_id}").get_data(as_text=True)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<details><summary>output</summary>" in html  # long output is folded
+
+
+def test_the_incident_page_shows_trigger_transitions_steps_tokens_and_report(
+    client: FlaskClient, store: Store
+) -> None:
+    incident_id, _ = store.open_incident("devvm", "alertmanager", "DevvmDown", "am", {})
+    store.transition(incident_id, "diagnosing", "agent started")
+    store.add_step(incident_id, "verb", {"verb": "cycle", "result": "ok"})
+    store.add_tokens(incident_id, 1200, 340)
+    store.set_report(incident_id, "found: io stall. did: cycle. state: healthy")
+    store.transition(incident_id, "resolved", "probes green")
+    html = client.get(f"/incidents/{incident_id}").get_data(as_text=True)
+    for text in ("alertmanager", "diagnosing", "resolved", "cycle", "1200 in, 340 out", "found: io stall"):
+        assert text in html
+    assert "data-incident-live" not in html  # a closed incident is not live
+    assert client.get("/incidents/999").status_code == 404
+
+
+def test_the_incident_list_filters_by_target_and_state(client: FlaskClient, store: Store) -> None:
+    a, _ = store.open_incident("devvm", "manual", "first", "local", {})
+    store.transition(a, "resolved", "ok")
+    store.open_incident("other", "manual", "second", "local", {})
+    html = client.get("/incidents?target=other").get_data(as_text=True)
+    assert "second" in html
+    assert "first" not in html
+    html = client.get("/incidents?state=resolved").get_data(as_text=True)
+    assert "first" in html
+    assert "second" not in html
+
+
+def test_the_demo_panel_is_absent_and_its_endpoint_404_outside_demo(client: FlaskClient) -> None:
+    token = _token(client)
+    assert client.post("/demo/faults", data={"csrf_token": token, "fault": "io_stall"}).status_code == 404
+
+
+def test_relative_times_read_naturally() -> None:
+    from breakglass.web.pages import ago, utc
+
+    assert ago(1000.0, now=1180.0) == "3 min ago"
+    assert ago(1000.0 + 7200, now=1000.0) == "2 h from now"
+    assert utc(0) == "1970-01-01T00:00:00Z"
