@@ -1,0 +1,136 @@
+"""Server-Sent Events through a real waitress server, read with http.client."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import waitress
+from api_support import TriggerCore, make_app
+from web_support import web_config
+
+from breakglass.store import Store
+
+
+class Stream:
+    """An open SSE response, read frame by frame with a deadline."""
+
+    def __init__(self, port: int, path: str, headers: dict[str, str] | None = None) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        self.conn.request("GET", path, headers=headers or {})
+        self.resp = self.conn.getresponse()
+
+    def frame(self) -> list[str]:
+        """The lines of the next frame (up to its blank line); [] when the stream ended."""
+        lines: list[str] = []
+        while True:
+            raw = self.resp.readline()
+            if not raw:
+                return lines
+            line = raw.decode().rstrip("\n")
+            if not line:
+                if lines:
+                    return lines
+                continue
+            lines.append(line)
+
+    def next_event(self, deadline: float = 5.0) -> tuple[str, str, dict[str, Any]]:
+        """The next named event as (name, id, data), skipping comments and retry frames."""
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            lines = self.frame()
+            assert lines, "the stream ended before the next event"
+            fields = dict(line.split(": ", 1) for line in lines if not line.startswith(":") and ": " in line)
+            if "event" in fields:
+                return fields["event"], fields.get("id", ""), json.loads(fields["data"])
+        raise AssertionError("no event before the deadline")
+
+    def close(self) -> None:
+        """Hang up."""
+        self.conn.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[int, Store]]:
+    """A real waitress server on an ephemeral port with short poll and keepalive intervals."""
+    store = Store(tmp_path / "breakglass.db")
+    core = TriggerCore(web_config(tmp_path), store)
+    app = make_app(core.cfg, store, core)
+    app.config.update(SSE_KEEPALIVE_SECONDS=0.2, SSE_POLL_SECONDS=0.05)
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=6)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield server.effective_port, store
+    server.close()
+    thread.join(5)
+
+
+def test_new_steps_and_transitions_arrive_and_the_stream_ends_when_the_incident_closes(
+    served: tuple[int, Store],
+) -> None:
+    port, store = served
+    incident_id, _ = store.open_incident("devvm", "manual", "slow", "local", {})
+    store.add_step(incident_id, "note", {"text": "already on the page"})
+    stream = Stream(port, f"/incidents/{incident_id}/events")
+    assert stream.resp.status == 200
+    assert stream.resp.getheader("Content-Type", "").startswith("text/event-stream")
+    assert stream.frame() == ["retry: 3000"]
+    store.add_step(incident_id, "agent_text", {"text": "<b>looking</b>"})
+    name, _, data = stream.next_event()
+    assert name == "step"
+    assert "&lt;b&gt;looking&lt;/b&gt;" in data["html"]
+    store.transition(incident_id, "resolved", "probes green")
+    name, _, data = stream.next_event()
+    assert (name, data["to_state"]) == ("transition", "resolved")
+    name, _, data = stream.next_event()
+    assert (name, data["state"]) == ("closed", "resolved")
+    assert stream.frame() == []  # the server ended the stream
+    stream.close()
+
+
+def test_a_quiet_stream_sends_keepalive_comments(served: tuple[int, Store]) -> None:
+    port, store = served
+    incident_id, _ = store.open_incident("devvm", "manual", "slow", "local", {})
+    stream = Stream(port, f"/incidents/{incident_id}/events")
+    stream.frame()
+    assert stream.frame() == [": keepalive"]
+    stream.close()
+
+
+def test_a_reconnect_with_last_event_id_resumes_after_what_was_seen(served: tuple[int, Store]) -> None:
+    port, store = served
+    incident_id, _ = store.open_incident("devvm", "manual", "slow", "local", {})
+    first = store.add_step(incident_id, "note", {"text": "one"})
+    store.add_step(incident_id, "note", {"text": "two"})
+    stream = Stream(port, f"/incidents/{incident_id}/events", {"Last-Event-ID": f"{first}.1"})
+    name, _, data = stream.next_event()
+    assert name == "step"
+    assert "two" in data["html"]
+    store.transition(incident_id, "escalated", "budget spent")
+    assert stream.next_event()[0] == "transition"
+    stream.close()
+
+
+def test_the_index_stream_reports_an_incident_opening(served: tuple[int, Store]) -> None:
+    port, store = served
+    stream = Stream(port, "/events")
+    name, _, first = stream.next_event()
+    assert name == "status"
+    assert first["devvm"]["incident"] is None
+    incident_id, _ = store.open_incident("devvm", "manual", "slow", "local", {})
+    name, _, data = stream.next_event()
+    assert data["devvm"]["incident"] == incident_id
+    stream.close()
+
+
+def test_an_unknown_incident_has_no_stream(served: tuple[int, Store]) -> None:
+    port, _ = served
+    stream = Stream(port, "/incidents/404/events")
+    assert stream.resp.status == 404
+    stream.close()
