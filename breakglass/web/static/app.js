@@ -36,10 +36,10 @@
     });
   }
 
-  function refreshIndex() {
+  function refreshIndex(force) {
     // Swap in the freshly rendered sections, unless the user is typing in a form.
     var active = document.activeElement;
-    if (active && (active.tagName === "INPUT" || active.tagName === "SELECT")) { return; }
+    if (!force && active && (active.tagName === "INPUT" || active.tagName === "SELECT")) { return; }
     fetch(window.location.pathname, { credentials: "same-origin" })
       .then(function (resp) { return resp.text(); })
       .then(function (text) {
@@ -54,11 +54,22 @@
     var first = true;
     source.addEventListener("status", function () {
       if (first) { first = false; return; }
-      refreshIndex();
+      refreshIndex(false);
     });
     // Readings and charts change every probe round even when status does not.
-    window.setInterval(refreshIndex, 30000);
+    window.setInterval(function () { refreshIndex(false); }, 30000);
   }
+
+  // The simulator buttons post in the background so the page keeps its live stream.
+  document.addEventListener("submit", function (ev) {
+    var form = ev.target;
+    if (!form.classList || !form.classList.contains("faults")) { return; }
+    ev.preventDefault();
+    var data = new FormData(form);
+    if (ev.submitter && ev.submitter.name) { data.append(ev.submitter.name, ev.submitter.value); }
+    fetch(form.action, { method: "POST", body: data, credentials: "same-origin" })
+      .then(function () { refreshIndex(true); });
+  });
 
   document.addEventListener("DOMContentLoaded", function () {
     var body = document.body;

@@ -1,0 +1,70 @@
+"""End to end in Debian's chromium: inject io_stall from the Simulator panel and watch it heal live."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import waitress
+from harness import start_core
+
+from breakglass.config import Config
+from breakglass.web.app import create_app
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian's chromium is not installed")
+
+
+@pytest.fixture
+def demo_url(sim) -> Iterator[str]:
+    """The full service (real core, real waitress) in demo mode against the simulator."""
+    cfg: Config = sim.config.model_copy(update={"demo": True, "sim_control_url": sim.control_url})
+    running = start_core(cfg)
+    app = create_app(cfg, store=running.store, metrics=running.metrics, core=running.handle)
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=8)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}/"
+    finally:
+        server.close()
+        thread.join(5)
+        running.stop()
+
+
+def test_io_stall_injected_from_the_page_opens_an_incident_that_resolves_without_a_reload(
+    demo_url: str,
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 420, "height": 900})
+            page.goto(demo_url)
+            page.wait_for_selector("#simulator")
+            # A marker on the window survives only if the page never reloads.
+            page.evaluate("window.stillTheSamePage = true")
+            page.click('button[data-fault="io_stall"]')
+            page.wait_for_selector(".incident-live", timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "demo-incident-open.png"), full_page=True)
+            page.wait_for_selector(".target .state-resolved", timeout=45_000)
+            page.screenshot(path=str(ARTIFACTS / "demo-incident-resolved.png"), full_page=True)
+            assert page.evaluate("window.stillTheSamePage === true")
+            assert page.locator(".incident-live").count() == 0
+        finally:
+            browser.close()
