@@ -19,6 +19,7 @@ from breakglass.web.charts import line_chart
 bp = Blueprint("pages", __name__)
 
 CHART_HOURS = 3
+CHART_CAPTIONS = ("SSH login seconds", "Load per CPU", "Memory available (ratio)")
 
 SIM_TIMEOUT_SECONDS = 3.0
 
@@ -116,7 +117,8 @@ def index() -> str:
     targets = []
     for t in status["targets"]:
         latest = ctx.store.list_incidents(target=t["name"], limit=1)
-        targets.append({**t, "charts": _charts(t["name"], now), "latest": latest[0] if latest else None})
+        charts = list(zip(CHART_CAPTIONS, _charts(t["name"], now), strict=True))
+        targets.append({**t, "charts": charts, "latest": latest[0] if latest else None})
     from breakglass.sim.vm import FAULTS
 
     return render_template(
@@ -129,6 +131,7 @@ def index() -> str:
         faults=FAULTS,
         sim=_sim_state(),
         now=now,
+        chart_hours=CHART_HOURS,
     )
 
 
