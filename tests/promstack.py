@@ -258,6 +258,9 @@ class Stack:
     alertmanager_yml: Path | None = None
     rules_file: Path | None = None
 
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
     def start_sim(self, timeout: float = 20.0) -> dict[str, Any]:
         """``breakglass sim --profile test``; return its JSON line."""
         state = self.workdir / "sim"
