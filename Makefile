@@ -28,6 +28,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/detection.py
 	$(BIN)/python bench/probe_cost.py
+	$(BIN)/python bench/detection_paths.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
