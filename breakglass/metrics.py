@@ -39,7 +39,7 @@ from breakglass.watchdog.rules import CONDITIONS
 if TYPE_CHECKING:
     from breakglass.watchdog.probes import Readings
 
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

@@ -362,7 +362,7 @@ def _ok_flag(data: dict[str, Any], key: str) -> bool:
     part = data.get(key)
     if not isinstance(part, dict) or not isinstance(part.get("ok"), bool):
         raise RemoteError(f"status output: missing '{key}.ok' (a boolean)", kind="bad_output")
-    return part["ok"]
+    return bool(part["ok"])
 
 
 def _is_number(value: object) -> bool:
@@ -388,7 +388,7 @@ def status_from_dict(data: dict[str, Any]) -> PveStatus:
         qmp_ok=qmp_ok,
         qmp_status=qmp_status if isinstance(qmp_status, str) else None,
         guest_agent_ok=agent_ok,
-        uptime_seconds=float(uptime) if _is_number(uptime) else None,
+        uptime_seconds=float(uptime) if isinstance(uptime, int | float) and _is_number(uptime) else None,
         raw=data,
     )
 

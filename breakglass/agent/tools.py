@@ -153,13 +153,14 @@ class RunbookFiles:
             rx = re.compile(pattern)
         except re.error as exc:
             raise ValueError(f"bad regular expression {pattern!r}: {exc}") from None
-        assert self.root is not None or rel is None
         base = self._inside(rel or ".")
+        root = self.root
+        assert root is not None  # _inside refused otherwise
         out = []
         for p in self._files(base):
             for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
                 if rx.search(line):
-                    out.append(f"{p.relative_to(self.root)}:{n}: {line}")
+                    out.append(f"{p.relative_to(root)}:{n}: {line}")
         return out
 
 

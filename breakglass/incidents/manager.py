@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,10 +147,10 @@ class IncidentManager:
         latest = self.feed.latest(target.name)
         power_results: list[PowerOutcome] = []
 
-        async def power(verb: Verb, *, trace: dict[str, Any] | None = None) -> PowerOutcome:
+        async def power(verb: Verb, *, trace: Mapping[str, Any]) -> PowerOutcome:
             self._advance(incident_id, "remediating", f"power action {verb.value} requested")
             outcome = await self.governor.execute(
-                target.name, incident_id, verb, pve, who=f"{remediator.name}", trace=dict(trace or {})
+                target.name, incident_id, verb, pve, who=f"{remediator.name}", trace=dict(trace)
             )
             power_results.append(outcome)
             if outcome.result in ("ok", "unknown", "failed") and self._on_power is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import time
 
 from breakglass.sim import catalog as c
@@ -182,7 +183,7 @@ def _ps(ctx: Ctx, args: list[str], stdin: str) -> Out:
             if field is None:
                 return "", ("error: unknown sort specifier\n\nUsage:\n ps [options]\n\n Try 'ps "
                              "--help <simple|list|output|threads|misc|all>'\n"), 1
-            procs.sort(key=lambda p, f=field: getattr(p, f), reverse=desc)
+            procs.sort(key=operator.attrgetter(field), reverse=desc)
     if any(a.startswith("-") and not a.startswith("--") and "f" in a for a in args):
         return "\n".join(["UID          PID    PPID  C STIME TTY          TIME CMD",
                           *_ef_lines(ctx, procs)]) + "\n", "", 0

@@ -136,8 +136,8 @@ class Guest:
             if spec.enabled:
                 self._start_unit(self.units[spec.name], at + 2.5)
         self.next_pid = max(self.next_pid, 700)
-        for spec in c.USER_PROCS:
-            self._spawn(spec, at + 60)
+        for proc in c.USER_PROCS:
+            self._spawn(proc, at + 60)
         self.next_pid = 2000
 
     def chatter(self, since: float, until: float) -> None:

@@ -38,9 +38,12 @@ _HANG_POLL_SECONDS = 0.05
 class ExecOutcome(Protocol):
     """What one exec request produced (``SimVM``'s ``ExecResult`` has this shape)."""
 
-    stdout: str
-    stderr: str
-    exit_status: int
+    @property
+    def stdout(self) -> str: ...
+    @property
+    def stderr(self) -> str: ...
+    @property
+    def exit_status(self) -> int: ...
 
 
 Runner = Callable[[str], Awaitable[ExecOutcome]]

@@ -73,7 +73,7 @@ def split_line(line: str) -> list[tuple[str, str]]:
                 i += 1
             i += 1
             continue
-        if line.startswith("$(", i) and quote != "'" and not depth:
+        if line.startswith("$(", i) and not depth:
             depth = 1
             buf.append("$(")
             i += 2

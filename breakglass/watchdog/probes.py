@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,7 +189,7 @@ async def _pve_side(target: Target, settings: ProbeSettings) -> dict[str, Any]:
 
 
 async def _bounded(
-    side: Callable[[Target, ProbeSettings], Any],
+    side: Callable[[Target, ProbeSettings], Awaitable[dict[str, Any]]],
     empty: dict[str, Any],
     error_key: str,
     target: Target,

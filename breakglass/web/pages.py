@@ -92,7 +92,7 @@ def _sim_state() -> dict[str, Any] | None:
         return {"error": str(exc)}
 
 
-def _sim_call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+def _sim_call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     base = str(web_context().cfg.sim_control_url).rstrip("/")
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(  # noqa: S310
@@ -101,7 +101,10 @@ def _sim_call(method: str, path: str, body: dict[str, Any] | None = None) -> Any
     # The URL comes from our own config (the simulator the demo started), never from a request.
     with urllib.request.urlopen(req, timeout=SIM_TIMEOUT_SECONDS) as resp:  # noqa: S310
         raw = resp.read()
-    return json.loads(raw) if raw else {}
+    decoded = json.loads(raw) if raw else {}
+    if not isinstance(decoded, dict):
+        raise ValueError(f"simulator answered {type(decoded).__name__}, expected a JSON object")
+    return decoded
 
 
 @bp.get("/")
