@@ -1,4 +1,4 @@
-"""The one entry point: ``breakglass serve|demo|sim|probe|trigger|check-config``.
+"""The one entry point: ``breakglass serve|demo|sim|probe|trigger|check-config|doctor``.
 
 Exit codes: 0 ok, 1 failure, 2 bad usage or bad config. Each subcommand's
 work lives in the module it belongs to; this file only parses arguments.
@@ -33,6 +33,12 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     from breakglass.watchdog.probes import probe_command
 
     return probe_command(_load(args.config), as_json=args.json)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from breakglass.doctor import doctor_command
+
+    return doctor_command(_load(args.config))
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -71,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check-config", help="validate a config file")
     s.add_argument("file")
     s.set_defaults(func=_cmd_check_config)
+
+    s = sub.add_parser("doctor", help="check every prerequisite on the real hosts, with the fix")
+    s.add_argument("-c", "--config", required=True)
+    s.set_defaults(func=_cmd_doctor)
 
     s = sub.add_parser("probe", help="run one probe round per target and print it")
     s.add_argument("-c", "--config", required=True)

@@ -25,7 +25,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from breakglass.sim.shell import ExecResult
+from breakglass.sim.shell import ExecResult, Session
 
 if TYPE_CHECKING:
     from breakglass.sim.vm import HostView, SimVM
@@ -38,6 +38,10 @@ REJECTION = ("breakglass-verbs: rejected: only status, forensics, reset, stop, s
 
 async def run(vm: SimVM, command: str) -> ExecResult:
     """Handle one forced-command request: the whole string must be one bare verb."""
+    if "pve_unforced" in vm.host_view().misconfigured:
+        # The key was added without command=: root's shell runs whatever was asked.
+        out, err, code = Session(vm.guest, vm.clock()).run_line(command, root=True)
+        return ExecResult(out, err, code)
     if command not in VERBS:
         vm.record_verb("rejected")
         return ExecResult("", REJECTION, 1)
@@ -110,7 +114,7 @@ def status_object(view: HostView) -> dict[str, Any]:
                "error": None}
         if view.power == "paused" or "guest_hang" in faults:
             agent = {"ok": False, "error": "guest agent not responding"}
-        elif view.booting:
+        elif view.booting or "agent_off" in view.misconfigured:
             agent = {"ok": False, "error": "QEMU guest agent is not running"}
         else:
             agent = {"ok": True, "error": None}

@@ -121,10 +121,14 @@ def split_line(line: str) -> list[tuple[str, str]]:
 class Session:
     """One ``bash -c`` run as user breakglass inside ``guest`` at time ``now``."""
 
-    def __init__(self, guest: Guest, now: float) -> None:
+    def __init__(self, guest: Guest, now: float, *, sudo_password: bool = False,
+                 missing: frozenset[str] = frozenset()) -> None:
         self.guest = guest
         self.now = now
         self.status = 0
+        # Set-up mistakes: sudo that asks for a password, commands not installed.
+        self.sudo_password = sudo_password
+        self.missing = missing
 
     def run(self, line: str) -> ExecResult:
         """Run a whole command line and return its combined result."""
@@ -241,7 +245,10 @@ class Session:
             return self._sudo(args, stdin)
         if name in ("bash", "sh") and len(args) >= 2 and args[0] == "-c":
             return self.run_line(args[1], root=root)
-        fn = _commands().get(name.rsplit("/", 1)[-1] if name.startswith("/") else name)
+        if name == "command" and args[:1] == ["-v"]:
+            return self._command_v(args[1:])
+        base = name.rsplit("/", 1)[-1] if name.startswith("/") else name
+        fn = None if base in self.missing else _commands().get(base)
         if fn is None:
             if via_sudo:
                 return "", f"sudo: {name}: command not found\n", 1
@@ -252,12 +259,24 @@ class Session:
             # An argument shape the model does not cover: say so rather than kill the session.
             return "", f"{name}: unsupported arguments in this simulator ({exc})\n", 2
 
+    def _command_v(self, names: list[str]) -> Out:
+        """bash's ``command -v``: the path of each name found; status 1 when the last is not."""
+        table = _commands()
+        found = [n for n in names
+                 if n not in self.missing and (n in table or n in _BUILTINS or n == "sudo")]
+        out = "".join((n if n in _BUILTINS else f"/usr/bin/{n}") + "\n" for n in found)
+        return out, "", 0 if names and names[-1] in found else 1
+
     def _sudo(self, args: list[str], stdin: str) -> Out:
+        if "sudo" in self.missing:
+            return "", "bash: line 1: sudo: command not found\n", 127
         rest = list(args)
         while rest and rest[0].startswith("-"):
             flag = rest.pop(0)
             if flag == "--":
                 break
+            if flag == "-n" and self.sudo_password:
+                return "", "sudo: a password is required\n", 1
             if flag in ("-u", "-g") and rest:
                 rest.pop(0)
             elif flag in ("-i", "-s") and not rest:
@@ -268,6 +287,9 @@ class Session:
                         "[-h host] [-p prompt] [-u user]\n"), 1
         return self.call(rest, stdin, root=True, via_sudo=True)
 
+
+# Names bash answers itself; ``command -v`` prints them bare.
+_BUILTINS = frozenset({"true", "false", "echo", "kill", "command"})
 
 _REDIRECT = re.compile(r"(?P<fd>[12&]?)(?P<op>>>?)(?P<rest>.*)")
 

@@ -20,12 +20,16 @@ from breakglass.sim import catalog, faults, pve
 from breakglass.sim.guest import Guest
 from breakglass.sim.shell import ExecResult, Session
 
-__all__ = ["FAULTS", "ExecResult", "HostView", "SimTiming", "SimVM"]
+__all__ = ["FAULTS", "MISCONFIGS", "ExecResult", "HostView", "SimTiming", "SimVM"]
 
 FAULTS: tuple[str, ...] = (
     "io_stall", "guest_hang", "vm_stopped", "unit_failed", "disk_full", "memory_hog",
     "sshd_dead", "load_spike", "vm_paused", "pve_unreachable", "network_partition",
 )
+# Set-up mistakes an operator can make (not faults: clear() keeps them), for `breakglass doctor`.
+MISCONFIGS: tuple[str, ...] = ("sudo_password", "command_missing", "agent_off", "pve_unforced")
+# The command that "command_missing" takes away from the guest.
+MISSING_COMMAND = "journalctl"
 # Faults held as plain flags; every other fault is read off the VM's state.
 _FLAG_FAULTS = frozenset({"io_stall", "guest_hang", "pve_unreachable", "network_partition"})
 # Faults under which the guest (or the path to it) does not answer at all.
@@ -76,6 +80,7 @@ class HostView:
     qemu_started: float
     qmp_timeout_seconds: float
     disk_ops: tuple[int, int]
+    misconfigured: frozenset[str] = frozenset()
 
 
 class SimVM:
@@ -97,6 +102,7 @@ class SimVM:
         self.power_log: list[dict[str, Any]] = []
         self.verb_counts: Counter[str] = Counter()
         self.forensics_log: deque[dict[str, Any]] = deque(maxlen=FORENSICS_KEPT)
+        self.misconfigured: set[str] = set()
 
     # ---- control ---------------------------------------------------------------
 
@@ -137,6 +143,13 @@ class SimVM:
                 faults.kill_sshd(g, now)
             elif fault == "load_spike":
                 g.spike_until = now + self.timing.load_spike_seconds
+
+    def misconfigure(self, mistake: str) -> None:
+        """Make one set-up mistake (see MISCONFIGS); faults and clear() leave it in place."""
+        if mistake not in MISCONFIGS:
+            raise ValueError(f"unknown misconfiguration {mistake!r}; known: {', '.join(MISCONFIGS)}")
+        with self._lock:
+            self.misconfigured.add(mistake)
 
     def clear(self) -> None:
         """Remove every fault: a running, healthy VM (the history logs are kept)."""
@@ -200,7 +213,9 @@ class SimVM:
         with self._lock:
             if self._power == "stopped" or self.guest.boot_id != boot_id:
                 return ExecResult("", "Connection to devvm closed by remote host.\n", 255)
-            return Session(self.guest, self.clock()).run(command)
+            missing = {MISSING_COMMAND} if "command_missing" in self.misconfigured else set()
+            return Session(self.guest, self.clock(), sudo_password="sudo_password" in self.misconfigured,
+                           missing=frozenset(missing)).run(command)
 
     def _exec_hangs(self) -> bool:
         return bool(self._faults(self.clock()) & _HANG_FAULTS)
@@ -241,6 +256,7 @@ class SimVM:
                 qemu_pid=self._qemu_pid, qemu_started=self._qemu_started,
                 qmp_timeout_seconds=self.timing.qmp_timeout_seconds,
                 disk_ops=(48_211 + len(self.guest.journal) * 7, 91_804 + len(self.guest.journal) * 3),
+                misconfigured=frozenset(self.misconfigured),
             )
 
     def record_verb(self, verb: str) -> None:
