@@ -24,7 +24,16 @@ def _load(path: str) -> Config:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    from breakglass.preflight import startup_problems
+
     cfg = _load(args.file)
+    # The same checks serve runs before it listens: passing here means serve starts.
+    problems = startup_problems(cfg)
+    if problems:
+        print(f"breakglass: {args.file}: serve would refuse to start", file=sys.stderr)
+        for problem in problems:
+            print(f"breakglass: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"{args.file}: ok ({len(cfg.targets)} target(s): {', '.join(t.name for t in cfg.targets)})")
     return EXIT_OK
 
@@ -74,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="breakglass", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("check-config", help="validate a config file")
+    s = sub.add_parser("check-config", help="validate a config file and the checks serve runs at start")
     s.add_argument("file")
     s.set_defaults(func=_cmd_check_config)
 

@@ -244,7 +244,7 @@ def test_the_embedded_config_matches_the_config_schema() -> None:
 
 
 def test_the_embedded_config_binds_all_addresses_only_with_auth() -> None:
-    from breakglass.service import bind_problem  # the check `serve` runs before listening
+    from breakglass.preflight import bind_problem  # the check `serve` runs before listening
 
     cfg = Config.model_validate(embedded_config())
     assert cfg.web.bind == "0.0.0.0"

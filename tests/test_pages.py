@@ -180,3 +180,33 @@ def test_relative_times_read_naturally() -> None:
     assert ago(1000.0, now=1180.0) == "3 min ago"
     assert ago(1000.0 + 7200, now=1000.0) == "2 h from now"
     assert utc(0) == "1970-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/incidents/{2**64}",
+        f"/incidents/{2**63}",
+        f"/incidents/{10**30}",
+        f"/incidents/{2**64}/events",
+        f"/incidents/{10**30}/events",
+        f"/api/v1/incidents/{2**64}",
+    ],
+)
+def test_an_id_beyond_64_bits_is_not_found_never_a_server_error(client: FlaskClient, path: str) -> None:
+    assert client.get(path).status_code == 404
+
+
+def test_the_page_modules_import_neither_the_app_factory_nor_the_simulator() -> None:
+    import ast
+
+    web = Path(__file__).resolve().parent.parent / "breakglass" / "web"
+    for module in web.glob("*.py"):
+        if module.name == "app.py":
+            continue
+        tree = ast.parse(module.read_text(encoding="utf-8"))
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+        }
+        assert "breakglass.web.app" not in imported, module.name
+        assert not any(str(m).startswith("breakglass.sim") for m in imported), module.name

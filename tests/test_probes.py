@@ -263,12 +263,21 @@ def test_the_probe_cli_prints_a_table_by_default(sim):
     assert "running" in row
 
 
+def test_the_probe_cli_exits_1_when_the_proxmox_host_is_unreachable(sim):
+    sim.inject("pve_unreachable")
+    done = breakglass_probe(sim)
+    assert done.returncode == 1, done.stderr
+    assert "FAIL" in done.stdout
+
+
 def test_the_probe_cli_reports_a_stalled_vm_in_time(sim):
     sim.inject("io_stall")
     started = time.monotonic()
     done = breakglass_probe(sim, "--json")
     elapsed = time.monotonic() - started
-    assert done.returncode == 0, done.stderr
+    # The readings still print in full; the exit code says a target failed.
+    assert done.returncode == 1, done.stderr
+    assert "unreachable: " + sim.config.targets[0].name in done.stderr
     (entry,) = json.loads(done.stdout)
     assert (entry["ssh_ok"], entry["ssh_error"]) == (False, "timeout")
     # Interpreter start-up is the rest of the budget.

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 import pytest
+import yaml
 
 from breakglass.config import SshEndpoint
 from breakglass.sim.runner import SimHandle, SimThread
@@ -353,11 +354,14 @@ def test_the_sim_cli_prints_one_json_line_and_exits_0_on_sigterm(sim_process: Si
         "devvm_port",
         "pve_port",
         "control_url",
+        "web_port",
         "config",
         "client_key",
         "known_hosts",
         "webhook_token",
     }
+    # The port `breakglass serve` will use with this config, printed for the two-terminal setup.
+    assert yaml.safe_load(Path(info["config"]).read_text())["web"]["port"] == info["web_port"] > 0
     assert Path(info["config"]).is_file()
     assert Path(info["config"]).is_absolute()
     assert info["webhook_token"] == (sim_process.state_dir / "webhook_token").read_text().strip()

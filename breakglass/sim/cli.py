@@ -54,6 +54,8 @@ async def _serve(folder: str, profile: str) -> int:
         sys.stdout.flush()
         print(
             f"breakglass sim ({profile}): {server.paths.config}\n"
+            f"  web port for breakglass serve: {server.web_port} (named in the config)\n"
+            f"  breakglass serve -c {server.paths.config}   # then open http://127.0.0.1:{server.web_port}/\n"
             f"  breakglass probe -c {server.paths.config}\n"
             f"  breakglass sim inject io_stall --control {server.control_url}\n"
             f"  breakglass sim clear --control {server.control_url}",

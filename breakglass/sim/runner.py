@@ -46,6 +46,7 @@ class SimServer:
         vmid: int = 102,
         timing: SimTiming | None = None,
         clock: Callable[[], float] = time.time,
+        web_port: int | None = None,
     ) -> None:
         if profile not in statedir.PROFILES:
             raise ValueError(f"unknown profile {profile!r}; known: {', '.join(statedir.PROFILES)}")
@@ -57,6 +58,8 @@ class SimServer:
         self.vm = SimVM(self.timing, vmid=vmid, clock=clock)
         self.config: Config | None = None
         self.webhook_token = ""
+        self.web_port = web_port or 0
+        self._fixed_web_port = web_port is not None
         self._devvm: SshFront | None = None
         self._pve: SshFront | None = None
         self._control: ControlApi | None = None
@@ -86,6 +89,7 @@ class SimServer:
             "devvm_port": self.devvm_port,
             "pve_port": self.pve_port,
             "control_url": self.control_url,
+            "web_port": self.web_port,
             "config": str(self.paths.config),
             "client_key": str(self.paths.client_key),
             "known_hosts": str(self.paths.known_hosts),
@@ -132,7 +136,8 @@ class SimServer:
             await self._devvm.start(previous.get("devvm_port"))
             await self._pve.start(previous.get("pve_port"))
             await self._control.start(previous.get("control_port"))
-            web_port = statedir.free_port(previous.get("web_port"))
+            web_port = self.web_port if self._fixed_web_port else statedir.free_port(previous.get("web_port"))
+            self.web_port = web_port
             statedir.save_ports(
                 self.paths,
                 {
@@ -147,8 +152,13 @@ class SimServer:
             await self.stop()
             raise
         self._ticker = loop.create_task(self._tick())
-        log.info("simulator %s: devvm port %d, pve port %d, control %s",
-                 self.target_name, self.devvm_port, self.pve_port, self.control_url)
+        log.info(
+            "simulator %s: devvm port %d, pve port %d, control %s",
+            self.target_name,
+            self.devvm_port,
+            self.pve_port,
+            self.control_url,
+        )
 
     def _write_files(self, keys: statedir.SimKeys, web_port: int) -> Config:
         statedir.write_known_hosts(self.paths, keys, self.devvm_port, self.pve_port)

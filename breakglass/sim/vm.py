@@ -174,6 +174,7 @@ class SimVM:
                 "vm": self._vm_state(now),
                 "vmid": self.vmid,
                 "faults": sorted(self._faults(now)),
+                "known_faults": list(FAULTS),
                 "power_log": [dict(e) for e in self.power_log],
                 "verb_counts": dict(self.verb_counts),
                 "uptime_seconds": round(now - self.guest.boot_at, 3)

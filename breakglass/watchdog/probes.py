@@ -292,7 +292,10 @@ def format_table(readings: list[Readings]) -> str:
 
 
 def probe_command(cfg: Config, *, as_json: bool) -> int:
-    """Run ``breakglass probe``: one round per target, printed as a table or a JSON list."""
+    """Run ``breakglass probe``: one round per target, printed as a table or a JSON list.
+
+    Exit 0 when every target's guest and Proxmox host answered, 1 when any did not.
+    """
     # Log lines go to stderr so stdout stays a clean table or JSON document.
     configure_logging(cfg.log, stream=sys.stderr)
     try:
@@ -306,4 +309,8 @@ def probe_command(cfg: Config, *, as_json: bool) -> int:
     except BrokenPipeError:
         # `breakglass probe | head` closed the pipe early: not an error of ours.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps interpreter exit quiet
+    failed = [r.target for r in readings if not (r.ssh_ok and r.pve_ok)]
+    if failed:
+        print(f"breakglass probe: unreachable: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0

@@ -27,8 +27,8 @@ from pydantic import (
 )
 
 from breakglass.store import CLOSED_STATES, STATES
-from breakglass.web.app import ApiError, web_context
 from breakglass.web.auth import current_user
+from breakglass.web.context import MAX_ID, ApiError, web_context
 
 log = structlog.get_logger("breakglass.web")
 
@@ -38,8 +38,6 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 # The same shape config.Target enforces for names, so a filter can only name a possible target.
 TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-# SQLite integers are signed 64-bit; a larger id cannot exist and must not reach the driver.
-MAX_ID = 2**63 - 1
 T = TypeVar("T")
 
 

@@ -2,19 +2,23 @@
 
 Nothing here is global: :func:`create_app` receives the config, the store, the
 metrics registry and a handle to the core, and keeps them in
-``app.extensions`` where blueprints find them through :func:`web_context`.
+``app.extensions`` where blueprints find them through
+:func:`breakglass.web.context.web_context` (blueprints never import this module).
 The asyncio core runs in another thread; handlers reach it only through the
 thread-safe :class:`CoreHandle`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, InternalServerError
+
+from breakglass.web import api, health, pages, sse, webhook
+from breakglass.web.auth import init_auth
+from breakglass.web.context import EXTENSION, ApiError, CoreHandle, WebContext, error_response, web_context
 
 if TYPE_CHECKING:
     from breakglass.config import Config
@@ -23,8 +27,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("breakglass.web")
 
+__all__ = ["ApiError", "CoreHandle", "WebContext", "create_app", "error_response", "web_context"]
+
 API_PREFIX = "/api/"
-EXTENSION = "breakglass"
 
 # The page served later uses no inline script or style, so the policy can be strict now.
 CONTENT_SECURITY_POLICY = (
@@ -38,66 +43,6 @@ SECURITY_HEADERS = {
 }
 # Request bodies are small JSON documents or form posts; anything larger is refused with 413.
 MAX_BODY_BYTES = 1024 * 1024
-
-
-class CoreHandle(Protocol):
-    """What the web server may ask of the core loop running in another thread."""
-
-    def alive(self) -> bool:
-        """True when the core loop answers within about a second; never raises."""
-        ...
-
-    def status(self) -> dict[str, Any]:
-        """Each target's readings, conditions, incident, budget and silence.
-
-        Shape: ``{"targets": [{"name", "readings": dict | None, "conditions": [str],
-        "incident": {"id", "state", "trigger"} | None, "budget": {"remaining",
-        "next_allowed_at", "dry_run", ...}, "silence": dict | None, ...}],
-        "generated_at": float}``. Raises ``RuntimeError`` (or ``TimeoutError``)
-        when the core does not answer.
-        """
-        ...
-
-    def trigger(
-        self, target: str, *, trigger: str, reason: str, who: str, evidence: dict[str, Any] | None = None
-    ) -> Any:
-        """Open or attach an incident; a TriggerResult. Raises CoreUnavailable when the core is down."""
-        ...
-
-    def grant(self, target: str, who: str, why: str) -> int:
-        """Grant one extra power action for ``target``; the grant's id."""
-        ...
-
-
-@dataclass(frozen=True)
-class WebContext:
-    """The parts one app serves from, injected by :func:`create_app`."""
-
-    cfg: Config
-    store: Store
-    metrics: Metrics
-    core: CoreHandle
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": code, "detail": ...}`` with an HTTP status."""
-
-    def __init__(self, status: int, code: str, detail: Any = None) -> None:
-        super().__init__(f"{status} {code}: {detail}")
-        self.status = status
-        self.code = code
-        self.detail = detail
-
-
-def web_context() -> WebContext:
-    """The injected parts of the app handling the current request."""
-    ctx: WebContext = current_app.extensions[EXTENSION]
-    return ctx
-
-
-def error_response(status: int, code: str, detail: Any = None) -> tuple[Response, int]:
-    """A JSON error body in the API's one shape."""
-    return jsonify({"error": code, "detail": detail}), status
 
 
 def create_app(
@@ -114,10 +59,6 @@ def create_app(
     # Keep the field order of each serialiser (id first) instead of sorting keys.
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = WebContext(cfg=cfg, store=store, metrics=metrics, core=core)
-
-    # Imported here so the blueprints can import web_context from this module.
-    from breakglass.web import api, health, pages, sse, webhook
-    from breakglass.web.auth import init_auth
 
     # Authentication and CSRF run before every other hook and handler.
     init_auth(app, cfg)

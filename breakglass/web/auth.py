@@ -27,12 +27,13 @@ import re
 import secrets
 from html import escape
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from flask import Blueprint, Flask, Response, g, redirect, request, session, url_for
 
 from breakglass.config import Config, read_secret
-from breakglass.web.app import error_response
+from breakglass.web.context import error_response
 
 log = structlog.get_logger("breakglass.web")
 
@@ -235,16 +236,27 @@ LOGIN_PAGE = """<!doctype html>
 """
 
 
+# Browsers drop tabs and newlines anywhere in a URL and read a backslash as a slash,
+# so "/\t/evil.example" and "/\\evil.example" both leave the site once they are done.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def safe_next(raw: str) -> str:
+    """``raw`` when it is a path on this site, else ``/``: never a redirect to another host."""
+    nxt = _CONTROL.sub("", raw).replace("\\", "/")
+    parts = urlsplit(nxt)
+    if parts.scheme or parts.netloc or not nxt.startswith("/") or nxt.startswith("//"):
+        return "/"
+    return nxt
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
     """A small form that trades the token for a session cookie (token mode only)."""
     st = _state()
     if st.mode != "token":
         return redirect("/")
-    nxt = request.values.get("next", "/")
-    # Only same-site paths: never bounce a user to another host after login.
-    if not nxt.startswith("/") or nxt.startswith("//"):
-        nxt = "/"
+    nxt = safe_next(request.values.get("next", "/"))
     message = ""
     if request.method == "POST":
         if tokens_equal(request.form.get("token", ""), st.login_token):

@@ -8,7 +8,7 @@ import structlog
 from flask import Blueprint, Response, jsonify, request
 from prometheus_client.exposition import choose_encoder
 
-from breakglass.web.app import web_context
+from breakglass.web.context import web_context
 
 log = structlog.get_logger("breakglass.web")
 

@@ -12,9 +12,9 @@ from typing import Any
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from breakglass.web.app import web_context
 from breakglass.web.auth import current_user
 from breakglass.web.charts import line_chart
+from breakglass.web.context import ID_RULE, web_context
 
 bp = Blueprint("pages", __name__)
 
@@ -122,8 +122,7 @@ def index() -> str:
         latest = ctx.store.list_incidents(target=t["name"], limit=1)
         charts = list(zip(CHART_CAPTIONS, _charts(t["name"], now), strict=True))
         targets.append({**t, "charts": charts, "latest": latest[0] if latest else None})
-    from breakglass.sim.vm import FAULTS
-
+    sim = _sim_state()
     return render_template(
         "index.html",
         targets=targets,
@@ -131,8 +130,8 @@ def index() -> str:
         rules=ctx.cfg.rules,
         silences=ctx.store.list_silences(now),
         demo=ctx.cfg.demo,
-        faults=FAULTS,
-        sim=_sim_state(),
+        faults=(sim or {}).get("known_faults") or (),
+        sim=sim,
         now=now,
         chart_hours=CHART_HOURS,
     )
@@ -154,7 +153,7 @@ def incidents() -> str:
     )
 
 
-@bp.get("/incidents/<int:incident_id>")
+@bp.get(f"/incidents/<{ID_RULE}:incident_id>")
 def incident(incident_id: int) -> str:
     """One incident: trigger, transitions, steps, power actions, tokens, report."""
     inc = web_context().store.get_incident(incident_id)
@@ -214,15 +213,13 @@ def grant(name: str) -> Response:
 @bp.post("/demo/faults")
 def demo_faults() -> Response:
     """Forward a fault injection (or clear) to the simulator; demo mode only."""
-    from breakglass.sim.vm import FAULTS
-
     if not web_context().cfg.demo or not web_context().cfg.sim_control_url:
         abort(404)
     fault = request.form.get("fault", "")
     try:
         if fault == "clear":
             _sim_call("DELETE", "/faults")
-        elif fault in FAULTS:
+        elif fault in (_sim_call("GET", "/state").get("known_faults") or ()):
             _sim_call("POST", "/faults", {"fault": fault})
         else:
             abort(400, f"unknown fault {fault!r}")

@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, render_template, request, stream_with_context
 
-from breakglass.web.app import web_context
+from breakglass.web.context import ID_RULE, web_context
 
 bp = Blueprint("sse", __name__)
 
@@ -42,7 +42,7 @@ def _stream(frames: Iterator[str]) -> Response:
     return resp
 
 
-@bp.get("/incidents/<int:incident_id>/events")
+@bp.get(f"/incidents/<{ID_RULE}:incident_id>/events")
 def incident_events(incident_id: int) -> Response:
     """New steps and transitions of one incident until it closes; resumes after Last-Event-ID."""
     store = web_context().store

@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from breakglass.config import Config, read_secret
 from breakglass.core import CoreUnavailable
-from breakglass.web.app import ApiError, web_context
 from breakglass.web.auth import bearer_token, tokens_equal
+from breakglass.web.context import ApiError, web_context
 
 log = structlog.get_logger("breakglass.web")
 

@@ -1,0 +1,83 @@
+"""What every blueprint needs from the app: the injected parts, the error shape, id bounds.
+
+Blueprints import from here, never from :mod:`breakglass.web.app`, so the
+app factory can import them without a cycle (flaskr's ``db.py`` habit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from flask import Response, current_app, jsonify
+
+if TYPE_CHECKING:
+    from breakglass.config import Config
+    from breakglass.metrics import Metrics
+    from breakglass.store import Store
+
+EXTENSION = "breakglass"
+# SQLite integers are signed 64-bit; a larger id cannot exist and must never reach the driver.
+MAX_ID = 2**63 - 1
+# The URL rule for an id: Werkzeug answers 404 itself for anything above MAX_ID.
+ID_RULE = f"int(max={MAX_ID})"
+
+
+class CoreHandle(Protocol):
+    """What the web server may ask of the core loop running in another thread."""
+
+    def alive(self) -> bool:
+        """True when the core loop answers within about a second; never raises."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """Each target's readings, conditions, incident, budget, silence and activity.
+
+        Shape: ``{"targets": [{"name", "readings": dict | None, "conditions": [str],
+        "incident": {"id", "state", "trigger"} | None, "budget": {"remaining",
+        "next_allowed_at", "dry_run", ...}, "silence": dict | None, "activity": {...},
+        ...}], "generated_at": float}``. Raises ``RuntimeError`` (or ``TimeoutError``)
+        when the core does not answer.
+        """
+        ...
+
+    def trigger(
+        self, target: str, *, trigger: str, reason: str, who: str, evidence: dict[str, Any] | None = None
+    ) -> Any:
+        """Open or attach an incident; a TriggerResult. Raises CoreUnavailable when the core is down."""
+        ...
+
+    def grant(self, target: str, who: str, why: str) -> int:
+        """Grant one extra power action for ``target``; the grant's id."""
+        ...
+
+
+@dataclass(frozen=True)
+class WebContext:
+    """The parts one app serves from, injected by ``create_app``."""
+
+    cfg: Config
+    store: Store
+    metrics: Metrics
+    core: CoreHandle
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": code, "detail": ...}`` with an HTTP status."""
+
+    def __init__(self, status: int, code: str, detail: Any = None) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def web_context() -> WebContext:
+    """The injected parts of the app handling the current request."""
+    ctx: WebContext = current_app.extensions[EXTENSION]
+    return ctx
+
+
+def error_response(status: int, code: str, detail: Any = None) -> tuple[Response, int]:
+    """A JSON error body in the API's one shape."""
+    return jsonify({"error": code, "detail": detail}), status
