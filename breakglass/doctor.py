@@ -34,8 +34,8 @@ import asyncssh
 
 from breakglass.agent.diagnose import EVIDENCE_COMMAND
 from breakglass.config import Config, SshEndpoint, Target, read_secret
+from breakglass.preflight import bind_problem
 from breakglass.remote import DevvmSession, DevvmShell, RemoteError, Verb, parse_status
-from breakglass.service import bind_problem
 from breakglass.watchdog.parse import PROBE_COMMAND
 
 # Commands the runbook runs besides those in the probe and evidence commands.
