@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FakeClock
+from harness import wait_for
 
 from breakglass.config import BudgetSettings
 from breakglass.incidents.governor import Governor
@@ -228,3 +229,54 @@ def test_a_kill_9_after_the_ledger_row_never_refunds_budget(tmp_path: Path) -> N
     assert not gov.check("devvm", Verb.CYCLE).allowed
     store.close()
     assert os.path.exists(db)
+
+
+CLAIMER = textwrap.dedent(
+    """
+    import asyncio, json, os, sys, time
+    from breakglass.config import BudgetSettings, load_config
+    from breakglass.incidents.governor import Governor
+    from breakglass.remote import PveClient, Verb
+    from breakglass.store import Store
+    config, db, incident, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    t = load_config(config).targets[0]
+    pve = PveClient(t.pve, connect_timeout=5, command_timeout=10)
+    store = Store(db)
+    gov = Governor(store, BudgetSettings(max_actions=1, window_seconds=3600, min_gap_seconds=0))
+    open(f"{go}.{os.getpid()}", "w").close()  # ready
+    while not os.path.exists(go):
+        time.sleep(0.001)
+    out = asyncio.run(gov.execute("devvm", incident, Verb.RESET, pve))
+    print(json.dumps(out.result))
+    """
+)
+
+
+def test_processes_sharing_one_store_never_exceed_the_budget(sim: SimHandle, tmp_path: Path) -> None:
+    db = tmp_path / "shared.db"
+    store = Store(db)
+    inc, _ = store.open_incident("devvm", "rule", "r", "w", {})
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMER, str(sim.config_path), str(db), str(inc), str(go)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    try:
+        # All three have imported and opened the store before the go file releases them together.
+        wait_for(lambda: all(Path(f"{go}.{p.pid}").exists() for p in procs), within=30, what="ready")
+        go.touch()
+        results = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+    assert results == ['"denied"', '"denied"', '"ok"']
+    assert verbs(sim) == ["reset"]
+    counted = [r for r in store.ledger_rows("devvm") if r["result"] not in ("denied", "dry_run")]
+    assert len(counted) == 1
+    store.close()

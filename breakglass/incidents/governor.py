@@ -2,16 +2,19 @@
 
 For each power verb it:
 
-1. checks the per-target budget (at most ``max_actions`` in any sliding
-   ``window_seconds``, and ``min_gap_seconds`` since the last one; an unused
-   grant allows exactly one action beyond the window);
-2. captures ``forensics`` from the Proxmox host and stores it on the incident
-   before anything mutates;
-3. in dry-run mode records "would send VERB" with the decision trace, and
-   sends nothing;
-4. otherwise writes the ledger row and commits it BEFORE the verb is sent,
-   so a crash or ``kill -9`` never refunds budget;
-5. sends the verb and records the outcome.
+1. captures ``forensics`` from the Proxmox host before anything mutates
+   (when a look at the budget says the verb will be allowed);
+2. claims the action: counting the sliding window (at most ``max_actions``
+   in any ``window_seconds``), the minimum gap (``min_gap_seconds`` since the
+   last one), spending an unused grant (exactly one action beyond the window)
+   and inserting the ledger row happen in ONE store transaction, so two
+   processes sharing the store can never both spend the last action; the
+   row is committed BEFORE the verb is sent, so a crash or ``kill -9`` never
+   refunds budget;
+3. in dry-run mode the claim records "would send VERB" with the decision
+   trace, and nothing is sent;
+4. otherwise sends the verb (only on the row it claimed) and records the
+   outcome, with a ``power_verb_sent`` log line.
 
 Outcomes: ``ok`` (exit 0), ``failed`` (non-zero exit, or a connection that
 was refused or failed authentication/host-key checks, so nothing was sent),
@@ -29,15 +32,18 @@ On start, :meth:`Governor.recover` marks rows that never got an outcome as
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+
 from breakglass.config import BudgetSettings
 from breakglass.remote import POWER_VERBS, PveClient, RemoteError, Verb
 from breakglass.store import Store
+
+log = structlog.get_logger("breakglass.governor")
 
 # Failures that prove the verb never reached the host: nothing was sent.
 _NOT_SENT = frozenset({"refused", "host_key", "auth", "unreachable"})
@@ -103,19 +109,33 @@ class Governor:
         self.budget = budget
         self.clock = clock
         self._on_event = on_event or (lambda event, data: None)
-        self._locks: dict[str, asyncio.Lock] = {}
 
     # -- the budget ------------------------------------------------------
 
     def check(self, target: str, verb: Verb) -> Decision:
         """Decide (without side effects) whether ``verb`` may be sent for ``target`` now."""
-        b, now = self.budget, self.clock()
-        used = self.store.ledger_actions(target, now - b.window_seconds)
+        now = self.clock()
+        return self._decide(
+            verb,
+            now,
+            self.store.ledger_actions(target, now - self.budget.window_seconds),
+            self.store.ledger_last_action(target),
+            self.store.unused_grant(target),
+        )
+
+    def _decide(
+        self,
+        verb: Verb,
+        now: float,
+        used: list[dict[str, Any]],
+        last: dict[str, Any] | None,
+        grant: dict[str, Any] | None,
+    ) -> Decision:
+        """The budget rule on the rows that count: pure, so a claim can run it in its transaction."""
+        b = self.budget
         remaining = max(0, b.max_actions - len(used))
-        last = self.store.ledger_last_action(target)
         gap_until = last["at"] + b.min_gap_seconds if last else None
         in_gap = gap_until is not None and now < gap_until
-        grant = self.store.unused_grant(target)
         if remaining == 0 and grant is None:
             # The oldest action still counted must age out of the window first.
             window_until = used[len(used) - b.max_actions]["at"] + b.window_seconds if used else None
@@ -150,6 +170,35 @@ class Governor:
             0,
             used_grant=int(grant["id"]),
         )
+
+    def claim(
+        self, target: str, incident_id: int | None, verb: Verb, who: str, trace: dict[str, Any]
+    ) -> tuple[Decision, int]:
+        """Decide and write the ledger row in one store transaction: ``(decision, row id)``.
+
+        The row is in flight (counting) when allowed and real, ``dry_run`` in a dry run,
+        ``denied`` otherwise. Safe across processes sharing the store.
+        """
+        now = self.clock()
+        made: list[Decision] = []
+
+        def decide(
+            used: list[dict[str, Any]], last: dict[str, Any] | None, grant: dict[str, Any] | None
+        ) -> tuple[bool, int | None, dict[str, Any]]:
+            d = self._decide(verb, now, used, last, grant)
+            made.append(d)
+            return d.allowed, d.used_grant, {"decision": d.as_dict(), "trace": trace}
+
+        _, row = self.store.ledger_claim(
+            target,
+            incident_id,
+            verb.value,
+            who,
+            window_since=now - self.budget.window_seconds,
+            decide=decide,
+            dry_run=self.budget.dry_run,
+        )
+        return made[-1], row
 
     def remaining(self, target: str) -> tuple[int, float | None]:
         """(power actions left now, the time the next one is allowed when none is allowed now)."""
@@ -201,20 +250,17 @@ class Governor:
         """Send ``verb`` for ``target`` if the budget allows, forensics first, ledger row first."""
         if not isinstance(verb, Verb) or verb not in POWER_VERBS:
             raise ValueError(f"{verb!r} is not a power verb; the Governor only sends {sorted(POWER_VERBS)}")
-        lock = self._locks.setdefault(target, asyncio.Lock())
-        async with lock:
-            return await self._execute(target, incident_id, verb, pve, who, dict(trace or {}))
+        return await self._execute(target, incident_id, verb, pve, who, dict(trace or {}))
 
     async def _execute(
         self, target: str, incident_id: int, verb: Verb, pve: PveClient, who: str, trace: dict[str, Any]
     ) -> PowerOutcome:
         step = self.store.add_step
-        decision = self.check(target, verb)
-        record = {"decision": decision.as_dict(), "trace": trace}
+        # Forensics come before the claim when a look says the verb will be allowed, so a
+        # slow host does not hold an in-flight row; the claim itself decides.
+        forensics = await self._forensics(pve) if self.check(target, verb).allowed else None
+        decision, row = self.claim(target, incident_id, verb, who, trace)
         if not decision.allowed:
-            row = self.store.ledger_insert(
-                target, incident_id, verb.value, who, decision=record, result="denied"
-            )
             step(
                 incident_id,
                 "decision",
@@ -227,14 +273,11 @@ class Governor:
             )
             self._emit(target, verb, "denied", decision)
             return PowerOutcome(verb, "denied", decision, row, "", None)
-
-        forensics = await self._forensics(pve)
+        if forensics is None:  # the budget freed up between the look and the claim
+            forensics = await self._forensics(pve)
         step(incident_id, "forensics", forensics)
 
         if self.budget.dry_run:
-            row = self.store.ledger_insert(
-                target, incident_id, verb.value, who, dry_run=True, decision=record, result="dry_run"
-            )
             step(
                 incident_id,
                 "decision",
@@ -247,14 +290,12 @@ class Governor:
             self._emit(target, verb, "dry_run", decision)
             return PowerOutcome(verb, "dry_run", decision, row, "", forensics)
 
-        row = self.store.ledger_insert(target, incident_id, verb.value, who, decision=record)
-        if decision.used_grant is not None:
-            self.store.use_grant(decision.used_grant, row)
         step(
             incident_id,
             "decision",
             {"decision": f"send {verb.value}", "because": decision.reason, "ledger_id": row, "trace": trace},
         )
+        log.info("power_verb_sending", target=target, verb=verb.value, incident=incident_id, ledger_id=row)
         try:
             result, output = await self._send(pve, verb)
         except BaseException as exc:
@@ -262,10 +303,27 @@ class Governor:
             # have reached the host. Say so now rather than at the next start; re-raise.
             self.store.ledger_finish(row, "unknown", f"interrupted while sending: {exc!r}")
             step(incident_id, "verb", {"verb": verb.value, "result": "unknown", "output": repr(exc)})
+            log.warning(
+                "power_verb_sent",
+                target=target,
+                verb=verb.value,
+                incident=incident_id,
+                ledger_id=row,
+                result="unknown",
+                detail=f"interrupted while sending: {exc!r}",
+            )
             self._emit(target, verb, "unknown", decision)
             raise
         self.store.ledger_finish(row, result, output[:_DETAIL_CAP])
         step(incident_id, "verb", {"verb": verb.value, "result": result, "output": output})
+        log.info(
+            "power_verb_sent",
+            target=target,
+            verb=verb.value,
+            incident=incident_id,
+            ledger_id=row,
+            result=result,
+        )
         self._emit(target, verb, result, decision)
         return PowerOutcome(verb, result, decision, row, output, forensics)
 

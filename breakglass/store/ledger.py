@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from breakglass.store.db import Database, dumps, loads
 from breakglass.store.schema import LEDGER_RESULTS
+
+# The budget decision made inside a claim: (allowed, the grant it spends, what to store).
+ClaimDecision = tuple[bool, int | None, dict[str, Any]]
+# Called inside the claim's transaction with (rows counted in the window, the newest
+# counted row ever, the oldest unused grant).
+Decide = Callable[[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any] | None], ClaimDecision]
 
 
 def ledger_row(row: sqlite3.Row) -> dict[str, Any]:
@@ -15,6 +22,18 @@ def ledger_row(row: sqlite3.Row) -> dict[str, Any]:
     d["dry_run"] = bool(d["dry_run"])
     d["decision"] = loads(d.get("decision"))
     return d
+
+
+# Rows that count against the budget: real (not dry run), and sent, in flight or unknown.
+_ACTIONS_SQL = (
+    "SELECT * FROM ledger WHERE target = ? AND at > ? AND dry_run = 0 "
+    "AND (result IS NULL OR result IN ('ok', 'failed', 'unknown')) ORDER BY at, id"
+)
+_LAST_SQL = (
+    "SELECT * FROM ledger WHERE target = ? AND dry_run = 0 "
+    "AND (result IS NULL OR result IN ('ok', 'failed', 'unknown')) ORDER BY at DESC, id DESC LIMIT 1"
+)
+_GRANT_SQL = "SELECT * FROM grants WHERE target = ? AND used_at IS NULL ORDER BY id LIMIT 1"
 
 
 class PowerLedger(Database):
@@ -57,6 +76,59 @@ class PowerLedger(Database):
             )
             return int(cur.lastrowid or 0)
 
+    def ledger_claim(
+        self,
+        target: str,
+        incident_id: int | None,
+        verb: str,
+        who: str,
+        *,
+        window_since: float,
+        decide: Decide,
+        dry_run: bool = False,
+    ) -> tuple[bool, int]:
+        """Decide and record one power verb in ONE transaction: ``(allowed, ledger row id)``.
+
+        Counting the window, the minimum gap, spending a grant and inserting the row
+        happen under one ``BEGIN IMMEDIATE``, so two processes sharing this file can
+        never both spend the last action. An allowed real verb gets a row without a
+        result (in flight, counting); a refusal a ``denied`` row; a dry run a
+        ``dry_run`` row. Only the caller holding an in-flight row may send the verb.
+        """
+        now = self.clock()
+        with self._tx() as conn:
+            used = [ledger_row(r) for r in conn.execute(_ACTIONS_SQL, (target, window_since))]
+            last_row = conn.execute(_LAST_SQL, (target,)).fetchone()
+            grant_row = conn.execute(_GRANT_SQL, (target,)).fetchone()
+            allowed, grant_id, record = decide(
+                used, ledger_row(last_row) if last_row else None, dict(grant_row) if grant_row else None
+            )
+            result = ("dry_run" if dry_run else None) if allowed else "denied"
+            cur = conn.execute(
+                "INSERT INTO ledger (target, incident_id, verb, who, dry_run, decision, at, result, "
+                "finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    target,
+                    incident_id,
+                    verb,
+                    who,
+                    int(dry_run and allowed),
+                    dumps(record),
+                    now,
+                    result,
+                    now if result is not None else None,
+                ),
+            )
+            row_id = int(cur.lastrowid or 0)
+            if allowed and not dry_run and grant_id is not None:
+                spent = conn.execute(
+                    "UPDATE grants SET used_at = ?, ledger_id = ? WHERE id = ? AND used_at IS NULL",
+                    (now, row_id, grant_id),
+                ).rowcount
+                if spent != 1:  # cannot happen under the write lock; refuse rather than overspend
+                    raise RuntimeError(f"grant #{grant_id} was spent by someone else")
+            return allowed, row_id
+
     def ledger_finish(self, row_id: int, result: str, detail: str = "") -> bool:
         """Record a row's outcome once; False if it already had one."""
         if result not in LEDGER_RESULTS:
@@ -77,25 +149,11 @@ class PowerLedger(Database):
         Strictly after: a row taken at ``t`` stops counting at ``t + window`` exactly,
         so the Governor's ``next_allowed_at`` is the first moment that is allowed.
         """
-        rows = self._conn().execute(
-            "SELECT * FROM ledger WHERE target = ? AND at > ? AND dry_run = 0 "
-            "AND (result IS NULL OR result IN ('ok', 'failed', 'unknown')) ORDER BY at, id",
-            (target, since),
-        )
-        return [ledger_row(r) for r in rows]
+        return [ledger_row(r) for r in self._conn().execute(_ACTIONS_SQL, (target, since))]
 
     def ledger_last_action(self, target: str) -> dict[str, Any] | None:
         """The newest row that counts against the budget, whenever it was."""
-        row = (
-            self._conn()
-            .execute(
-                "SELECT * FROM ledger WHERE target = ? AND dry_run = 0 "
-                "AND (result IS NULL OR result IN ('ok', 'failed', 'unknown')) "
-                "ORDER BY at DESC, id DESC LIMIT 1",
-                (target,),
-            )
-            .fetchone()
-        )
+        row = self._conn().execute(_LAST_SQL, (target,)).fetchone()
         return ledger_row(row) if row else None
 
     def ledger_unfinished(self) -> list[dict[str, Any]]:
@@ -123,13 +181,7 @@ class PowerLedger(Database):
 
     def unused_grant(self, target: str) -> dict[str, Any] | None:
         """The oldest grant for ``target`` not used yet."""
-        row = (
-            self._conn()
-            .execute(
-                "SELECT * FROM grants WHERE target = ? AND used_at IS NULL ORDER BY id LIMIT 1", (target,)
-            )
-            .fetchone()
-        )
+        row = self._conn().execute(_GRANT_SQL, (target,)).fetchone()
         return dict(row) if row else None
 
     def use_grant(self, grant_id: int, ledger_id: int) -> bool:
