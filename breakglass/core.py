@@ -148,7 +148,7 @@ class Core:
             inc = self.store.active_incident(name)
             if inc is not None:
                 self.store.add_step(inc["id"], "note", {"text": "watchdog restarted during this incident"})
-                self.store.transition(inc["id"], "failed", "watchdog restarted while it was active")
+                self.manager.close(inc["id"], "failed", "watchdog restarted while it was active")
 
     # -- one probe round -------------------------------------------------
 

@@ -43,6 +43,12 @@ _SECRET_VALUES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"sk-ant-[A-Za-z0-9_\-]+"), "sk-ant-" + REDACTED),
 )
 
+# Every logged string is cut to this many characters, tracebacks to the larger cap, so a
+# 900 KB field from outside (a webhook's receiver, a model's answer) is never logged whole.
+MAX_FIELD_CHARS = 2000
+MAX_TRACEBACK_CHARS = 20000
+_LONG_FIELDS = frozenset({"exception", "stack"})
+
 _HANDLER_NAME = "breakglass"
 # Libraries whose INFO lines are one per connection or per request: too chatty.
 _QUIET_LIBRARIES = ("asyncssh", "apscheduler", "waitress", "urllib3", "httpx", "anthropic")
@@ -73,6 +79,32 @@ def redact_value(value: Any) -> Any:
     # Anything else (an exception, a Path, a model) would be rendered through its
     # str or repr later, unmasked: render it now and mask the text.
     return redact_text(str(value))
+
+
+def truncate_value(value: Any, cap: int = MAX_FIELD_CHARS) -> Any:
+    """Return ``value`` with every string longer than ``cap`` cut, marked with how much was cut."""
+    if isinstance(value, str):
+        if len(value) <= cap:
+            return value
+        return f"{value[:cap]}...[truncated {len(value) - cap} chars]"
+    if isinstance(value, bytes):
+        return truncate_value(value.decode("utf-8", errors="replace"), cap)
+    if isinstance(value, Mapping):
+        return {truncate_value(k, cap): truncate_value(v, cap) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [truncate_value(v, cap) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    # Rendered later through str() anyway (see redact_value): bound that text now.
+    return truncate_value(str(value), cap)
+
+
+def truncate_fields(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: bound every field (tracebacks get a larger cap)."""
+    return {
+        k: truncate_value(v, MAX_TRACEBACK_CHARS if k in _LONG_FIELDS else MAX_FIELD_CHARS)
+        for k, v in event_dict.items()
+    }
 
 
 def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
@@ -118,6 +150,7 @@ def configure_logging(settings: LogSettings, *, stream: TextIO = sys.stderr) -> 
         foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            truncate_fields,
             redact_secrets,
             _renderer(settings, stream),
         ],
@@ -146,6 +179,7 @@ def _route_through_stdlib_until_configured() -> None:
             structlog.stdlib.filter_by_level,
             structlog.stdlib.add_log_level,
             structlog.processors.format_exc_info,
+            truncate_fields,
             redact_secrets,
             structlog.processors.JSONRenderer(),
         ],

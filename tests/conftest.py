@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -13,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from breakglass.config import LogSettings
+from breakglass.log import configure_logging
 from breakglass.sim.runner import SimHandle, SimThread
 from breakglass.store import Store
 
@@ -39,6 +43,18 @@ def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
     s = Store(tmp_path / "store.db", clock=clock)
     yield s
     s.close()
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    """Configure JSON logging into a buffer; restore the root logger afterwards."""
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    buf = io.StringIO()
+    configure_logging(LogSettings(format="json", level="debug"), stream=buf)
+    yield buf
+    root.handlers[:] = before[0]
+    root.setLevel(before[1])
 
 
 @pytest.fixture(autouse=True)

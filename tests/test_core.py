@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +118,23 @@ def test_after_a_resolve_automatic_triggers_wait_the_cooldown(sim: SimHandle, tm
         assert manual.created
     finally:
         r.stop()
+
+
+def test_every_power_verb_sent_and_every_close_writes_a_log_line(
+    sim: SimHandle, tmp_path: Path, captured: io.StringIO
+) -> None:
+    r = start_core(sim.config, tmp_path / "c.db")
+    try:
+        wait_for(lambda: r.core.feed.latest(r.target), within=10, what="a first round")
+        sim.inject("vm_stopped")
+        inc = r.wait_closed(r.wait_opened()["id"])
+        assert inc["state"] == "resolved"
+    finally:
+        r.stop()
+    entries = [json.loads(line) for line in captured.getvalue().splitlines()]
+    sent = [e for e in entries if e["event"] == "power_verb_sent"]
+    assert [(e["verb"], e["result"], e["incident"], e["target"]) for e in sent] == [
+        ("start", "ok", inc["id"], "devvm")
+    ]
+    closed = [e for e in entries if e["event"] == "incident_closed"]
+    assert [(e["incident"], e["state"]) for e in closed] == [(inc["id"], "resolved")]

@@ -8,8 +8,6 @@ import logging
 import re
 from pathlib import Path
 
-import pytest
-
 from breakglass.config import LogSettings
 from breakglass.log import REDACTED, configure_logging, get_logger, redact_text
 
@@ -27,18 +25,6 @@ KEY_BODY = "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ"
 class FakeTty(io.StringIO):
     def isatty(self) -> bool:
         return True
-
-
-@pytest.fixture
-def captured():
-    """Configure JSON logging into a buffer; restore the root logger afterwards."""
-    root = logging.getLogger()
-    before = (list(root.handlers), root.level)
-    buf = io.StringIO()
-    configure_logging(LogSettings(format="json", level="debug"), stream=buf)
-    yield buf
-    root.handlers[:] = before[0]
-    root.setLevel(before[1])
 
 
 def lines(buf: io.StringIO) -> list[dict]:
@@ -160,3 +146,35 @@ def test_configuring_twice_does_not_duplicate_lines(captured):
 def test_redact_text_leaves_ordinary_text_alone():
     text = "token bucket refilled; 3 tokens left; Bearer of bad news"
     assert redact_text(text).startswith("token bucket refilled; 3 tokens left; Bearer ")
+
+
+def test_a_huge_field_is_cut_with_a_marker(captured):
+    get_logger("breakglass.web").info("webhook_received", receiver="r" * 900_000, nested={"k": ["x" * 5000]})
+    text = captured.getvalue()
+    assert len(text) < 10_000
+    (entry,) = lines(captured)
+    assert entry["receiver"] == "r" * 2000 + "...[truncated 898000 chars]"
+    assert entry["nested"]["k"][0].endswith("...[truncated 3000 chars]")
+
+
+def test_a_huge_stdlib_message_is_cut_too(captured):
+    logging.getLogger("waitress").warning("bad request %s", "y" * 50_000)
+    (entry,) = lines(captured)
+    assert len(entry["event"]) < 2100
+    assert entry["event"].endswith("...[truncated 48012 chars]")
+
+
+# log.info("name", ...) and (log.info if ok else log.warning)("name", ...)
+EVENT_CALL = re.compile(r"\blog\.(?:debug|info|warning|error|exception|critical)\)?\(\s*\"([^\"]*)\"")
+
+
+def test_every_event_name_is_snake_case() -> None:
+    root = Path(__file__).resolve().parent.parent / "breakglass"
+    names = {
+        m.group(1)
+        for path in root.rglob("*.py")
+        if "sim" not in path.relative_to(root).parts  # the simulator logs stdlib %-messages
+        for m in EVENT_CALL.finditer(path.read_text(encoding="utf-8"))
+    }
+    assert "incident_closed" in names
+    assert sorted(n for n in names if not re.fullmatch(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*", n)) == []

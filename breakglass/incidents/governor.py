@@ -271,7 +271,7 @@ class Governor:
                     "trace": trace,
                 },
             )
-            self._emit(target, verb, "denied", decision)
+            self._emit(target, verb, "denied", decision, incident_id, row)
             return PowerOutcome(verb, "denied", decision, row, "", None)
         if forensics is None:  # the budget freed up between the look and the claim
             forensics = await self._forensics(pve)
@@ -287,7 +287,7 @@ class Governor:
                     "trace": trace,
                 },
             )
-            self._emit(target, verb, "dry_run", decision)
+            self._emit(target, verb, "dry_run", decision, incident_id, row)
             return PowerOutcome(verb, "dry_run", decision, row, "", forensics)
 
         step(
@@ -303,28 +303,11 @@ class Governor:
             # have reached the host. Say so now rather than at the next start; re-raise.
             self.store.ledger_finish(row, "unknown", f"interrupted while sending: {exc!r}")
             step(incident_id, "verb", {"verb": verb.value, "result": "unknown", "output": repr(exc)})
-            log.warning(
-                "power_verb_sent",
-                target=target,
-                verb=verb.value,
-                incident=incident_id,
-                ledger_id=row,
-                result="unknown",
-                detail=f"interrupted while sending: {exc!r}",
-            )
-            self._emit(target, verb, "unknown", decision)
+            self._emit(target, verb, "unknown", decision, incident_id, row)
             raise
         self.store.ledger_finish(row, result, output[:_DETAIL_CAP])
         step(incident_id, "verb", {"verb": verb.value, "result": result, "output": output})
-        log.info(
-            "power_verb_sent",
-            target=target,
-            verb=verb.value,
-            incident=incident_id,
-            ledger_id=row,
-            result=result,
-        )
-        self._emit(target, verb, result, decision)
+        self._emit(target, verb, result, decision, incident_id, row)
         return PowerOutcome(verb, result, decision, row, output, forensics)
 
     async def _forensics(self, pve: PveClient) -> dict[str, Any]:
@@ -345,7 +328,22 @@ class Governor:
             return "unknown", f"no answer within the verb timeout; the host may still be acting\n{output}"
         return ("ok" if res.exit_status == 0 else "failed"), output
 
-    def _emit(self, target: str, verb: Verb, result: str, decision: Decision) -> None:
+    def _emit(
+        self, target: str, verb: Verb, result: str, decision: Decision, incident_id: int, row: int
+    ) -> None:
+        # One line per decision: power_verb_sent (ok, failed, unknown), _denied or _dry_run.
+        event = {"denied": "power_verb_denied", "dry_run": "power_verb_dry_run"}.get(
+            result, "power_verb_sent"
+        )
+        (log.info if result in ("ok", "denied", "dry_run") else log.warning)(
+            event,
+            target=target,
+            verb=verb.value,
+            result=result,
+            incident=incident_id,
+            ledger_id=row,
+            reason=decision.reason,
+        )
         self._on_event(
             "power_action",
             {

@@ -128,12 +128,12 @@ class IncidentManager:
         try:
             await self._work_unguarded(incident_id)
         except asyncio.CancelledError:
-            self._close(incident_id, "failed", "watchdog stopped while the incident was active")
+            self.close(incident_id, "failed", "watchdog stopped while the incident was active")
             raise
         except Exception as exc:  # one bad incident must not crash the core
             log.exception("incident_crashed", incident=incident_id)
             self.store.add_step(incident_id, "note", {"text": f"internal error: {exc!r}"})
-            self._close(incident_id, "failed", f"internal error: {type(exc).__name__}: {exc}")
+            self.close(incident_id, "failed", f"internal error: {type(exc).__name__}: {exc}")
         finally:
             self._tasks.pop(incident_id, None)
 
@@ -256,7 +256,7 @@ class IncidentManager:
         if result.next_allowed_at is not None:
             text += f"; next power action allowed at {_iso(result.next_allowed_at)}"
         log.warning(
-            "escalation",
+            "incident_escalated",
             incident=incident_id,
             target=target,
             reason=reason,
@@ -282,12 +282,13 @@ class IncidentManager:
         if state == "escalated":
             report = f"{report}\nEscalated: {why}"
         self.store.set_report(incident_id, report)
-        self._close(incident_id, state, why)
+        self.close(incident_id, state, why)
         self.observers.emit(
             state, {"incident": incident_id, "target": target, "reason": reason, "report": report}
         )
 
-    def _close(self, incident_id: int, state: str, why: str) -> None:
+    def close(self, incident_id: int, state: str, why: str) -> None:
+        """Close an active incident in ``state``, logging and announcing it; no-op if closed."""
         inc = self.store.get_incident(incident_id)
         if inc is None or inc["state"] in ("resolved", "escalated", "failed"):
             return
@@ -295,6 +296,14 @@ class IncidentManager:
             log.error("transition_refused", incident=incident_id, frm=inc["state"], to=state)
             return
         opened = inc["opened_at"]
+        (log.info if state == "resolved" else log.warning)(
+            "incident_closed",
+            incident=incident_id,
+            target=inc["target"],
+            state=state,
+            reason=why,
+            duration=round(self._clock() - opened, 3),
+        )
         self.observers.emit(
             "closed",
             {

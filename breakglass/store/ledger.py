@@ -36,6 +36,23 @@ _LAST_SQL = (
 _GRANT_SQL = "SELECT * FROM grants WHERE target = ? AND used_at IS NULL ORDER BY id LIMIT 1"
 
 
+def _insert(
+    conn: sqlite3.Connection,
+    what: tuple[str, int | None, str, str],
+    dry_run: bool,
+    decision: dict[str, Any],
+    now: float,
+    result: str | None,
+) -> int:
+    """Insert one ledger row (target, incident, verb, who) inside the caller's transaction."""
+    cur = conn.execute(
+        "INSERT INTO ledger (target, incident_id, verb, who, dry_run, decision, at, result, "
+        "finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (*what, int(dry_run), dumps(decision), now, result, now if result is not None else None),
+    )
+    return int(cur.lastrowid or 0)
+
+
 class PowerLedger(Database):
     """Every power verb decided, in flight or sent; grants of one extra action.
 
@@ -59,22 +76,7 @@ class PowerLedger(Database):
             raise ValueError(f"unknown ledger result {result!r}")
         now = self.clock()
         with self._tx() as conn:
-            cur = conn.execute(
-                "INSERT INTO ledger (target, incident_id, verb, who, dry_run, decision, at, result, "
-                "finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    target,
-                    incident_id,
-                    verb,
-                    who,
-                    int(dry_run),
-                    dumps(decision or {}),
-                    now,
-                    result,
-                    now if result is not None else None,
-                ),
-            )
-            return int(cur.lastrowid or 0)
+            return _insert(conn, (target, incident_id, verb, who), dry_run, decision or {}, now, result)
 
     def ledger_claim(
         self,
@@ -104,22 +106,7 @@ class PowerLedger(Database):
                 used, ledger_row(last_row) if last_row else None, dict(grant_row) if grant_row else None
             )
             result = ("dry_run" if dry_run else None) if allowed else "denied"
-            cur = conn.execute(
-                "INSERT INTO ledger (target, incident_id, verb, who, dry_run, decision, at, result, "
-                "finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    target,
-                    incident_id,
-                    verb,
-                    who,
-                    int(dry_run and allowed),
-                    dumps(record),
-                    now,
-                    result,
-                    now if result is not None else None,
-                ),
-            )
-            row_id = int(cur.lastrowid or 0)
+            row_id = _insert(conn, (target, incident_id, verb, who), dry_run and allowed, record, now, result)
             if allowed and not dry_run and grant_id is not None:
                 spent = conn.execute(
                     "UPDATE grants SET used_at = ?, ledger_id = ? WHERE id = ? AND used_at IS NULL",

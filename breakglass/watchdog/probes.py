@@ -156,7 +156,7 @@ async def _devvm_side(target: Target, settings: ProbeSettings) -> dict[str, Any]
     out.update(readings_from_output(result.stdout, complete=result.exit_status == 0))
     if result.exit_status != 0:
         log.warning(
-            "probe command failed",
+            "probe_command_failed",
             target=target.name,
             exit_status=result.exit_status,
             stderr=result.stderr[:500],
@@ -202,7 +202,7 @@ async def _bounded(
     except TimeoutError:
         err = f"timeout: round took over {settings.round_timeout_seconds:g}s"
     except Exception as exc:  # a probe must never take the scheduler down with it
-        log.exception("probe side failed", target=target.name, side=error_key)
+        log.exception("probe_side_failed", target=target.name, side=error_key)
         err = f"unexpected error: {type(exc).__name__}: {exc}"
     return {**empty, error_key: err}
 
@@ -224,7 +224,7 @@ async def probe_target(
         **devvm,
         **pve,
     )
-    log.debug("probe round", **readings.to_dict())
+    log.debug("probe_round", **readings.to_dict())
     return readings
 
 

@@ -284,7 +284,7 @@ def grant(name: str) -> Any:
     body = parse_body(GrantBody)
     who = current_user()
     grant_id = _core_call(lambda: web_context().core.grant(target, who, body.why))
-    log.info("grant", target=target, who=who)
+    log.info("grant_added", target=target, who=who)
     return jsonify({"id": grant_id, "target": target, "who": who, "why": body.why}), 201
 
 
