@@ -33,6 +33,7 @@ FAST = {
     "BREAKGLASS_VERBS_QM_TIMEOUT": "5",
     "BREAKGLASS_VERBS_STOP_TIMEOUT": "5",
     "BREAKGLASS_VERBS_START_TIMEOUT": "5",
+    "BREAKGLASS_VERBS_EXIT_TIMEOUT": "0.5",
 }
 
 
@@ -48,8 +49,12 @@ class Host:
             encoding="utf-8",
         )
         qm.chmod(qm.stat().st_mode | stat.S_IXUSR)
+        # The same fake answers as ha-manager when called by that name.
+        (self.bin / "ha-manager").symlink_to(qm)
         self.log_dir = root / "log"
         self.record = root / "qm-calls.jsonl"
+        self.proc = root / "proc"
+        self.ha_resources = root / "ha-resources.cfg"
 
     def env(self, command: str | None, scenario: str = "running") -> dict[str, str]:
         """The environment sshd would give the forced command, plus the fake's settings."""
@@ -59,6 +64,8 @@ class Host:
             "FAKE_QM_RECORD": str(self.record),
             "FAKE_QM_SCENARIO": scenario,
             "SSH_CONNECTION": "10.1.2.3 50000 10.0.0.5 22",
+            "BREAKGLASS_VERBS_PROC": str(self.proc),
+            "BREAKGLASS_VERBS_HA_RESOURCES": str(self.ha_resources),
             **FAST,
         }
         if command is not None:
@@ -92,6 +99,11 @@ class Host:
     def argvs(self) -> list[list[str]]:
         """The argv of every qm call so far."""
         return [c["argv"] for c in self.calls()]
+
+    def transitions(self) -> list[str]:
+        """Every power state change the fake VM went through."""
+        path = Path(str(self.record) + ".transitions")
+        return path.read_text(encoding="utf-8").split() if path.exists() else []
 
     def log(self) -> list[dict[str, Any]]:
         """The forced command's own verbs.log lines."""
@@ -375,6 +387,87 @@ def test_a_second_power_verb_is_refused_while_one_is_running(host: Host) -> None
     assert proc.returncode == 1
     assert "another power verb" in result["message"]
     assert host.argvs() == []
+
+
+# --- three behaviours of a real Proxmox host ------------------------------------------------
+
+
+def test_a_qmpstatus_that_qm_copied_from_the_pid_is_not_a_healthy_qmp(host: Host) -> None:
+    # qemu-server's vmstatus sets qmpstatus = status when QMP gave no answer in 2 s.
+    from breakglass.remote import parse_status
+
+    proc = host.run("status", scenario="qmp_fallback")
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["status"] == "running"
+    assert got["qmp"]["ok"] is False
+    assert got["qmp"]["status"] is None
+    assert "from the QEMU pid alone" in got["qmp"]["error"]
+    assert parse_status(proc.stdout).qmp_ok is False
+    forensics = json.loads(host.run("forensics", scenario="qmp_fallback").stdout)
+    assert forensics["qmp"]["ok"] is False
+    assert forensics["blockstats"] == {}
+
+
+def test_a_qemu_stuck_in_io_that_survives_qm_stop_is_reported_and_not_started(host: Host) -> None:
+    proc = host.run("cycle", scenario="stuck_d")
+    result = json.loads(proc.stdout)
+    assert proc.returncode == 1
+    assert result["ok"] is False
+    assert "QEMU pid 4242 is still there" in result["message"]
+    assert "state D (uninterruptible I/O wait)" in result["message"]
+    assert "not starting it again" in result["message"]
+    assert [a[0] for a in host.argvs() if a[0] in ("stop", "start")] == ["stop"]
+
+
+def test_a_plain_stop_also_fails_while_the_qemu_process_remains(host: Host) -> None:
+    result = json.loads(host.run("stop", scenario="stuck_d").stdout)
+    assert result["ok"] is False
+    assert "pid 4242" in result["message"]
+
+
+def test_cycle_waits_for_the_qemu_process_to_go_before_starting(host: Host) -> None:
+    proc = host.run("cycle")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (host.proc / "4242").exists()
+    assert host.transitions() == ["stopped", "running"]
+
+
+def test_an_ha_managed_vm_is_cycled_through_ha_manager_waiting_for_each_state(host: Host) -> None:
+    host.ha_resources.write_text("vm: 102\n\tstate started\n\tmax_restart 1\n", encoding="utf-8")
+    proc = host.run("cycle", scenario="ha")
+    result = json.loads(proc.stdout)
+    assert proc.returncode == 0, result
+    assert result["ok"] is True
+    assert "through HA" in result["message"]
+    argvs = host.argvs()
+    assert [a for a in argvs if a[0] == "ha-manager"] == [
+        ["ha-manager", "set", "vm:102", "--state", "stopped"],
+        ["ha-manager", "set", "vm:102", "--state", "started"],
+    ]
+    assert not any(a[0] in ("stop", "start") for a in argvs), "qm stop/start only queue under HA"
+    # The VM really went down and came back, in that order.
+    assert host.transitions() == ["stopped", "running"]
+
+
+def test_an_ha_stack_that_does_not_act_in_time_fails_the_verb_and_says_so(host: Host) -> None:
+    host.ha_resources.write_text("vm: 102\n", encoding="utf-8")
+    env = {**host.env("cycle", "ha"), "FAKE_HA_SECONDS": "60", "BREAKGLASS_VERBS_STOP_TIMEOUT": "0.5"}
+    proc = subprocess.run([sys.executable, "-I", str(SCRIPT), "102"], env=env, capture_output=True,
+                          text=True, timeout=30, check=False)
+    result = json.loads(proc.stdout)
+    assert proc.returncode == 1
+    assert "HA did not make VM 102 stopped within 0.5s" in result["message"]
+    assert "VM not started again" in result["message"]
+    assert [a for a in host.argvs() if a[0] == "ha-manager"] == [
+        ["ha-manager", "set", "vm:102", "--state", "stopped"]
+    ]
+
+
+def test_another_vm_in_the_ha_resources_does_not_make_this_one_ha_managed(host: Host) -> None:
+    host.ha_resources.write_text("vm: 1020\n\tstate started\nvm: 103\n", encoding="utf-8")
+    assert json.loads(host.run("cycle").stdout)["ok"] is True
+    assert not any(a[0] == "ha-manager" for a in host.argvs())
 
 
 # --- rejections: nothing but the six bare verbs ---------------------------------------------
