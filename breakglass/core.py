@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from breakglass.activity import explain
 from breakglass.agent.select import remediator_for
 from breakglass.config import Config, Target
 from breakglass.events import Observers, ReadingsFeed
@@ -220,6 +221,19 @@ class Core:
             latest = self.feed.latest(name)
             inc = self.store.active_incident(name)
             remaining, next_at = self.governor.remaining(name)
+            newest = self.store.list_incidents(target=name, limit=1)
+            silence = self.store.active_silence(name, now)
+            activity = explain(
+                self.cfg,
+                state=rt.rules,
+                readings=latest,
+                active=inc,
+                latest=newest[0] if newest else None,
+                silence=silence,
+                remaining=remaining,
+                next_allowed_at=next_at,
+                now=now,
+            )
             out.append(
                 {
                     "name": name,
@@ -234,10 +248,12 @@ class Core:
                         "remaining": remaining,
                         "max_actions": self.cfg.budget.max_actions,
                         "window_seconds": self.cfg.budget.window_seconds,
+                        "min_gap_seconds": self.cfg.budget.min_gap_seconds,
                         "next_allowed_at": next_at,
                         "dry_run": self.cfg.budget.dry_run,
                     },
-                    "silence": self.store.active_silence(name, now),
+                    "silence": silence,
+                    "activity": activity,
                 }
             )
         return {"targets": out, "generated_at": now}

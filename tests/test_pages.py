@@ -175,7 +175,7 @@ def test_the_demo_panel_is_absent_and_its_endpoint_404_outside_demo(client: Flas
 
 
 def test_relative_times_read_naturally() -> None:
-    from breakglass.web.pages import ago, utc
+    from breakglass.web.humanize import ago, utc
 
     assert ago(1000.0, now=1180.0) == "3 min ago"
     assert ago(1000.0 + 7200, now=1000.0) == "2 h from now"
@@ -210,3 +210,21 @@ def test_the_page_modules_import_neither_the_app_factory_nor_the_simulator() -> 
         }
         assert "breakglass.web.app" not in imported, module.name
         assert not any(str(m).startswith("breakglass.sim") for m in imported), module.name
+
+
+def test_durations_and_clock_times_read_as_a_person_says_them() -> None:
+    from breakglass.web.humanize import clock, duration
+
+    assert [duration(s) for s in (0, 42, 65, 605, 3600, 7500, 90000, None)] == [
+        "0 s",
+        "42 s",
+        "1 min 5 s",
+        "10 min",
+        "1 h",
+        "2 h 5 min",
+        "1 d 1 h",
+        "-",
+    ]
+    day = 1_796_116_695.35  # 2026-12-01T09:18:15Z
+    assert clock(day, now=day + 60) == "09:18:15 UTC"
+    assert clock(day, now=day + 3 * 86400) == "Dec 1 09:18 UTC"

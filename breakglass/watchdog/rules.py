@@ -141,9 +141,7 @@ def _ssh(r: Readings, rules: RuleSettings) -> _Verdict:
     if not r.ssh_ok:
         return _Verdict(True, f"ssh login failed ({r.ssh_error or 'no error given'})")
     if r.ssh_login_seconds is not None and r.ssh_login_seconds > rules.ssh_slow_seconds:
-        return _Verdict(
-            True, f"ssh login slow ({r.ssh_login_seconds:.1f} s > {rules.ssh_slow_seconds:g} s)"
-        )
+        return _Verdict(True, f"ssh login slow ({r.ssh_login_seconds:.1f} s > {rules.ssh_slow_seconds:g} s)")
     return _Verdict(False)
 
 
@@ -318,10 +316,7 @@ def evaluate(prev: TargetState, readings: Readings, rules: RuleSettings, now: fl
         elif event == "cleared":
             cleared.append(name)
     state = TargetState(conditions=conditions, grace_until=grace_until)
-    detail = {
-        n: _describe(conditions[n], needs[n], verdicts[n].bad is not None, now)
-        for n in state.active
-    }
+    detail = {n: _describe(conditions[n], needs[n], verdicts[n].bad is not None, now) for n in state.active}
     return Evaluation(
         state=state,
         fired=tuple(fired),
@@ -386,17 +381,58 @@ def host_corroborates(readings: Readings) -> tuple[bool, str]:
     if r.vm_status in _NOT_BOOTING_STATUSES:
         return True, f"host reports the VM {r.vm_status}"
     if r.qmp_ok is False:
-        return True, "host reports QMP unresponsive" + (
-            f" (status {r.qmp_status})" if r.qmp_status else ""
-        )
+        return True, "host reports QMP unresponsive" + (f" (status {r.qmp_status})" if r.qmp_status else "")
     if r.qmp_status is not None and r.qmp_status != "running":
         return True, f"host reports QMP run state {r.qmp_status}"
     if r.guest_agent_ok is False:
         return True, "host reports the guest agent not answering"
     if not r.ssh_ok and r.ssh_refused:
-        return True, (
-            "guest refuses SSH while the host answers: the network path works, sshd is down"
-        )
+        return True, ("guest refuses SSH while the host answers: the network path works, sshd is down")
     if r.vm_status != "running":
         return False, f"host reports VM status {r.vm_status or 'missing'}; cannot confirm a fault"
     return False, "host side looks healthy: VM running, QMP and guest agent answer"
+
+
+@dataclass(frozen=True)
+class Building:
+    """A condition whose threshold is crossed but has not held long enough to fire yet."""
+
+    condition: str
+    have: float
+    need: float
+    unit: str  # "rounds" or "s"
+    note: str
+
+    @property
+    def text(self) -> str:
+        """'ssh login failed (timeout): 2 of 3 rounds'."""
+        return f"{self.note}: {self.have:.0f} of {self.need:.0f} {self.unit}"
+
+
+def building(state: TargetState, rules: RuleSettings, now: float) -> tuple[Building, ...]:
+    """Conditions on their way to firing (bad now, not yet active), in display order."""
+    needs = _needs(rules)
+    out: list[Building] = []
+    for name in CONDITIONS:
+        st = state.condition(name)
+        if st.active or st.bad_rounds <= 0:
+            continue
+        need = needs[name]
+        if need.seconds > 0 and st.bad_since is not None:
+            out.append(Building(name, max(0.0, now - st.bad_since), need.seconds, "s", st.note))
+        else:
+            out.append(Building(name, st.bad_rounds, need.rounds, "rounds", st.note))
+    return tuple(out)
+
+
+def breaches(r: Readings, rules: RuleSettings) -> tuple[str, ...]:
+    """Conditions whose threshold this one round crosses (whether or not they have fired)."""
+    return tuple(name for name, v in _verdicts(r, rules).items() if v.bad)
+
+
+def grace_ends(state: TargetState, r: Readings | None, rules: RuleSettings, now: float) -> float | None:
+    """When boot grace ends, if the target is in it now (after a power action or a fresh boot)."""
+    ends = [state.grace_until] if state.grace_until is not None and now < state.grace_until else []
+    if r is not None and is_booting(r, rules) and r.uptime_seconds is not None:
+        ends.append(r.at - r.uptime_seconds + rules.boot_grace_seconds)
+    return max(ends) if ends else None

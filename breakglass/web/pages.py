@@ -6,15 +6,16 @@ import json
 import time
 import urllib.error
 import urllib.request
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask.blueprints import BlueprintSetupState
 from werkzeug.wrappers import Response
 
 from breakglass.web.auth import current_user
 from breakglass.web.charts import line_chart
 from breakglass.web.context import ID_RULE, web_context
+from breakglass.web.humanize import FILTERS
 
 bp = Blueprint("pages", __name__)
 
@@ -24,31 +25,9 @@ CHART_CAPTIONS = ("SSH login seconds", "Load per CPU", "Memory available (ratio)
 SIM_TIMEOUT_SECONDS = 3.0
 
 
-@bp.app_template_filter("utc")
-def utc(ts: float | None) -> str:
-    """A Unix time as UTC ISO 8601 (seconds)."""
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@bp.app_template_filter("ago")
-def ago(ts: float | None, now: float | None = None) -> str:
-    """A Unix time relative to now: '3 min ago' or 'in 2 h'."""
-    if ts is None:
-        return ""
-    delta = (time.time() if now is None else now) - float(ts)
-    span, suffix = abs(delta), ("ago" if delta >= 0 else "from now")
-    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
-        if span >= size:
-            return f"{int(span // size)} {unit} {suffix}"
-    return f"{int(span)} s {suffix}"
-
-
-@bp.app_template_filter("pretty")
-def pretty(value: Any) -> str:
-    """A step field as readable text: strings as they are, the rest as indented JSON."""
-    return value if isinstance(value, str) else json.dumps(value, indent=2, sort_keys=True, default=str)
+@bp.record_once
+def _filters(state: BlueprintSetupState) -> None:
+    state.app.jinja_env.filters.update(FILTERS)
 
 
 def _charts(name: str, now: float) -> list[Any]:
