@@ -203,15 +203,23 @@ class Core:
         reason: str,
         who: str = "watchdog",
         evidence: dict[str, Any] | None = None,
+        authorize_power: bool = False,
     ) -> TriggerResult:
-        """Open or attach an incident (any source)."""
+        """Open or attach an incident (any source); see IncidentManager.trigger for ``authorize_power``."""
         evidence = dict(evidence or {})
         rt = self.targets[target]
         evidence.setdefault("conditions", list(rt.conditions))
         latest = self.feed.latest(target)
         if latest is not None:
             evidence.setdefault("readings", latest.to_dict())
-        return await self.manager.trigger(target, trigger=trigger, reason=reason, who=who, evidence=evidence)
+        return await self.manager.trigger(
+            target,
+            trigger=trigger,
+            reason=reason,
+            who=who,
+            evidence=evidence,
+            authorize_power=authorize_power,
+        )
 
     def status(self) -> dict[str, Any]:
         """Each target's latest readings, active conditions, incident, budget and silence."""
@@ -377,11 +385,25 @@ class CoreHandle:
         return self.call(_as_coro(self._core.status))
 
     def trigger(
-        self, target: str, *, trigger: str, reason: str, who: str, evidence: dict[str, Any] | None = None
+        self,
+        target: str,
+        *,
+        trigger: str,
+        reason: str,
+        who: str,
+        evidence: dict[str, Any] | None = None,
+        authorize_power: bool = False,
     ) -> TriggerResult:
         """Open or attach an incident from another thread."""
         return self.call(
-            self._core.trigger(target, trigger=trigger, reason=reason, who=who, evidence=evidence)
+            self._core.trigger(
+                target,
+                trigger=trigger,
+                reason=reason,
+                who=who,
+                evidence=evidence,
+                authorize_power=authorize_power,
+            )
         )
 
     def grant(self, target: str, who: str, why: str) -> int:

@@ -45,7 +45,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 OTHER = "other"
 VERBS: tuple[str, ...] = tuple(sorted(str(v) for v in POWER_VERBS))
-POWER_RESULTS = ("ok", "failed", "denied", "dry_run", "unknown")
+POWER_RESULTS = ("ok", "failed", "denied", "dry_run", "unknown", "refused")
 TRIGGERS = ("rule", "manual", "alertmanager", "cli")
 CLOSED_STATES = ("resolved", "escalated", "failed")
 ESCALATION_REASONS = (

@@ -23,6 +23,7 @@ from breakglass.agent.runbook import RunbookRemediator
 from breakglass.config import Config, RuleSettings, SshEndpoint
 from breakglass.incidents.context import RemediationContext, RemediationResult
 from breakglass.incidents.governor import Governor, PowerOutcome
+from breakglass.incidents.policy import Evidence
 from breakglass.remote import DevvmShell, PveClient, Verb
 from breakglass.sim.runner import SimHandle
 from breakglass.store import Store
@@ -79,8 +80,10 @@ def remediate(
         target.name, "rule", "test", "watchdog", {"conditions": list(conditions)}
     )
 
-    async def power(verb: Verb, *, trace: Any) -> PowerOutcome:
-        return await governor.execute(target.name, incident, verb, pve, who="runbook", trace=dict(trace))
+    async def power(verb: Verb, *, trace: Any, evidence: Evidence) -> PowerOutcome:
+        return await governor.judged(
+            target.name, incident, verb, pve, evidence=evidence, who="runbook", trace=dict(trace)
+        )
 
     ctx = RemediationContext(
         incident_id=incident,
@@ -302,7 +305,7 @@ def test_ssh_timing_out_while_the_host_sees_a_healthy_vm_is_not_corroborated(
         ran = remediate(sim, real_store, devvm=devvm)
     assert ran.result.outcome == "escalate"
     assert ran.result.escalation == "policy"
-    assert "host side looks healthy" in ran.result.detail
+    assert "not corroborated" in ran.result.detail
     assert power_verbs(ran.state) == []
 
 

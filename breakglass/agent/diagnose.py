@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import posixpath
 import re
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from breakglass.config import RuleSettings
-from breakglass.remote import PveStatus
 from breakglass.watchdog.parse import parse_meminfo
-from breakglass.watchdog.probes import Readings
 
 # Evidence for a person reading the incident; the runbook parses the probe command instead.
 EVIDENCE_COMMAND = "uptime; free -b; sudo dmesg -T | tail -n 40"
@@ -137,50 +134,3 @@ def cleanup_refusal(path: str) -> str | None:
     if posixpath.normpath(path) in ("/", "//"):
         return "is the root directory"
     return None
-
-
-def io_stall_signs(st: PveStatus, forensics: Mapping[str, Any]) -> list[str]:
-    """What shows QEMU itself is wedged: QMP silent, a run state other than running, failed block I/O."""
-    signs: list[str] = []
-    if not st.qmp_ok:
-        err = (st.raw.get("qmp") or {}).get("error") if isinstance(st.raw.get("qmp"), dict) else None
-        signs.append(f"QMP unresponsive ({err})" if err else "QMP unresponsive")
-    elif st.qmp_status not in (None, "running"):
-        signs.append(f"QMP status {st.qmp_status}")
-    blocks = forensics.get("blockstats") if isinstance(forensics, Mapping) else None
-    for dev, stats in (blocks or {}).items() if isinstance(blocks, Mapping) else ():
-        if isinstance(stats, Mapping) and stats.get("io_status") not in (None, "ok"):
-            signs.append(f"block device {dev} io_status {stats.get('io_status')}")
-    return signs
-
-
-def host_readings(
-    target: str, st: PveStatus, *, ssh_error: str, ssh_refused: bool, now: float | None = None
-) -> Readings:
-    """A Readings with SSH down and the host's fresh view, for ``rules.host_corroborates``."""
-    return Readings(
-        target=target,
-        at=time.time() if now is None else now,
-        duration_seconds=0.0,
-        ssh_ok=False,
-        ssh_error=ssh_error,
-        ssh_refused=ssh_refused,
-        ssh_login_seconds=None,
-        load1=None,
-        load5=None,
-        load15=None,
-        ncpu=None,
-        mem_total_bytes=None,
-        mem_available_bytes=None,
-        swap_total_bytes=None,
-        swap_used_bytes=None,
-        disk_used_ratio=None,
-        failed_units=None,
-        pve_ok=True,
-        pve_error=None,
-        vm_status=st.vm_status,
-        qmp_ok=st.qmp_ok,
-        qmp_status=st.qmp_status,
-        guest_agent_ok=st.guest_agent_ok,
-        uptime_seconds=st.uptime_seconds,
-    )

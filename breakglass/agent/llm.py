@@ -198,6 +198,7 @@ class _Loop:
         return resp
 
     async def _run_tools(self, resp: Any) -> None:
+        self.tools.new_turn()
         results = []
         for block in resp.content:
             if block.type != "tool_use":
@@ -221,9 +222,7 @@ class _Loop:
 
     def _result(self, report: str | None, *, stopped: str | None = None) -> RemediationResult:
         denied = self.tools.denied
-        actions = tuple(
-            d for d in self.did if not d.startswith(("pve status", "pve forensics", "read", "grep", "glob"))
-        )
+        actions = tuple(f"{a.what} ({a.status})" for a in self.tools.acted)
         if report is None:
             report = (
                 f"Found: agent stopped before finishing ({stopped}).\n"

@@ -15,17 +15,15 @@ the probe's parsers, plus uptime/free/dmesg as evidence) and repairs in place:
 4. nothing wrong in the guest: if the Proxmox host cannot be reached, escalate
    ("pve_unreachable", no power action); else "nothing_to_do".
 
-With SSH down it asks the Proxmox host, and sends a power verb only when the
-host corroborates (``rules.host_corroborates``):
-
-- host unreachable too: observer-side, escalate, no verb;
-- stopped: ``start``; paused: ``cycle`` (no verb resumes);
-- running with QMP unresponsive, not "running", or failed block I/O: ``cycle``
-  (a ``reset`` reuses the stalled QEMU);
-- QMP fine, guest agent dead: ``reset``, then ``cycle`` if SSH is not back
-  within the verify window;
-- QMP and guest agent fine, sshd refuses: ``reset``;
-- QMP and guest agent fine, SSH times out: not corroborated, escalate.
+With SSH down it asks the Proxmox host (``status``, and ``forensics`` for a
+running VM) and sends the least-force verb that
+:func:`breakglass.incidents.policy.least_force` names for that evidence:
+``start`` when stopped, ``cycle`` when QEMU is wedged (paused, QMP silent or
+not running, failed block I/O: a ``reset`` would reuse the stalled QEMU),
+``reset`` for a hung guest or a dead sshd, nothing when the host cannot be
+reached or does not corroborate. A ``reset`` that does not bring SSH back
+within the verify window is followed by ``cycle``. The incident manager asks
+the same policy again before the Governor sends anything.
 
 After an ``ok`` verb it waits (bounded by ``incidents.verify_timeout_seconds``)
 for the host to say running and SSH to log in. Every command, observation and
@@ -42,11 +40,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from breakglass.agent import diagnose
+from breakglass.incidents import policy
 from breakglass.incidents.context import RemediationContext, RemediationResult
 from breakglass.remote import CommandResult, PveStatus, RemoteError, Verb
 from breakglass.watchdog.parse import PROBE_COMMAND, parse_df_used_ratio
 from breakglass.watchdog.probes import readings_from_output
-from breakglass.watchdog.rules import LOAD_HIGH, host_corroborates
+from breakglass.watchdog.rules import LOAD_HIGH
 
 RECORDED_OUTPUT = 4000
 
@@ -311,20 +310,16 @@ class RunbookRemediator:
     async def _power_path(
         self, ctx: RemediationContext, work: _Work, down: _SshDown, st: PveStatus
     ) -> RemediationResult:
-        view = diagnose.host_readings(ctx.target.name, st, ssh_error=down.error, ssh_refused=down.refused)
-        agrees, why = host_corroborates(view)
+        ev, forensics = await self._host_evidence(ctx, down, st)
         evidence: dict[str, Any] = {"ssh": down.error, "ssh_refused": down.refused, "pve_status": st.raw}
-        if not agrees:
-            work.found.append(why)
-            self._decide(ctx, "no power action", why, **evidence)
-            return work.result(outcome="escalate", escalation="policy", detail=why)
-        verb, because = await self._choose_verb(ctx, st, down, evidence)
+        if forensics:
+            evidence["blockstats"] = forensics.get("blockstats")
+        verb, because = policy.least_force(ev)
+        work.found.append(because)
         if verb is None:
-            work.found.append(because)
             self._decide(ctx, "no power action", because, **evidence)
             return work.result(outcome="escalate", escalation="policy", detail=because)
-        work.found.append(because)
-        ended = await self._power(ctx, work, verb, because, evidence)
+        ended = await self._power(ctx, work, verb, because, evidence, ev)
         if ended is not None:
             return ended
         if await self._wait_back(ctx, verb):
@@ -334,7 +329,9 @@ class RunbookRemediator:
         if verb is Verb.RESET and st.guest_agent_ok is False:
             because = f"the guest did not answer SSH within {window} of the reset"
             work.found.append(because)
-            ended = await self._power(ctx, work, Verb.CYCLE, because, evidence)
+            again = await policy.observe(ctx.shell, ctx.pve)
+            ctx.record("evidence", {"policy_evidence": again.as_dict()})
+            ended = await self._power(ctx, work, Verb.CYCLE, because, evidence, again)
             if ended is not None:
                 return ended
             if await self._wait_back(ctx, Verb.CYCLE):
@@ -345,39 +342,38 @@ class RunbookRemediator:
             outcome="escalate", escalation="gave_up", detail=f"the VM did not answer SSH within {window}"
         )
 
-    async def _choose_verb(
-        self, ctx: RemediationContext, st: PveStatus, down: _SshDown, evidence: dict[str, Any]
-    ) -> tuple[Verb | None, str]:
-        if st.vm_status == "stopped":
-            return Verb.START, "the host reports the VM stopped"
-        if st.vm_status == "paused":
-            return Verb.CYCLE, f"the host reports the VM paused (QMP {st.qmp_status}); no verb resumes it"
-        if st.vm_status != "running":
-            return None, f"the host reports VM status {st.vm_status!r}; cannot tell what is wrong"
-        try:
-            forensics = await ctx.pve.forensics()
-        except RemoteError as exc:
-            forensics = {}
-            ctx.record("evidence", {"forensics": f"{exc.kind}: {exc}"})
-        else:
-            ctx.record("forensics", {"forensics": forensics})
-        evidence["blockstats"] = forensics.get("blockstats")
-        signs = diagnose.io_stall_signs(st, forensics)
-        if signs:
-            return Verb.CYCLE, f"QEMU I/O stall ({', '.join(signs)}); a reset would reuse the stalled QEMU"
-        if not st.guest_agent_ok:
-            return Verb.RESET, "QEMU answers but the guest is hung (guest agent silent, SSH down)"
-        if down.refused:
-            return Verb.RESET, "guest agent answers but sshd refuses connections; no in-guest path"
-        return None, "the host sees a healthy VM while SSH times out: not corroborated, no power action"
+    async def _host_evidence(
+        self, ctx: RemediationContext, down: _SshDown, st: PveStatus
+    ) -> tuple[policy.Evidence, dict[str, Any]]:
+        """The policy's evidence: this SSH failure, the host's status and, for a running VM, forensics."""
+        forensics: dict[str, Any] = {}
+        if st.vm_status == "running":
+            try:
+                forensics = await ctx.pve.forensics()
+            except RemoteError as exc:
+                ctx.record("evidence", {"forensics": f"{exc.kind}: {exc}"})
+            else:
+                ctx.record("forensics", {"forensics": forensics})
+        ssh: policy.SshResult = "refused" if down.refused else "timeout"
+        ev = policy.Evidence.from_host(ssh, st, forensics=forensics, ssh_detail=down.error)
+        ctx.record("evidence", {"policy_evidence": ev.as_dict()})
+        return ev, forensics
 
     async def _power(
-        self, ctx: RemediationContext, work: _Work, verb: Verb, because: str, evidence: dict[str, Any]
+        self,
+        ctx: RemediationContext,
+        work: _Work,
+        verb: Verb,
+        because: str,
+        evidence: dict[str, Any],
+        ev: policy.Evidence,
     ) -> RemediationResult | None:
-        """Send ``verb`` through the Governor; a result when the incident ends here, else None."""
+        """Send ``verb`` through the policy and the Governor; a result when the incident ends here."""
         self._decide(ctx, f"power {verb.value}", because, **evidence)
         out = await ctx.power(
-            verb, trace={"because": because, "found": list(work.found), "evidence": evidence}
+            verb,
+            trace={"because": because, "found": list(work.found), "evidence": evidence},
+            evidence=ev,
         )
         if out.result == "ok":
             work.did.append(f"sent {verb.value}")
@@ -385,6 +381,9 @@ class RunbookRemediator:
         if out.result == "dry_run":
             work.did.append(f"would send {verb.value} (dry run)")
             return work.result(outcome="acted")
+        if out.result == "refused":
+            work.did.append(f"{verb.value} refused by the policy")
+            return work.result(outcome="escalate", escalation="policy", detail=out.decision.reason)
         if out.result == "denied":
             d = out.decision
             work.did.append(f"{verb.value} refused by the budget")

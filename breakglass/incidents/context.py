@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from breakglass.config import Config, Target
+from breakglass.incidents.policy import Evidence
 from breakglass.remote import DevvmShell, PveClient, Verb
 from breakglass.watchdog.probes import Readings
 
@@ -41,9 +42,13 @@ class RemediationResult:
 
 
 class PowerFn(Protocol):
-    """Send a power verb through the Governor for this incident."""
+    """Send a power verb for this incident: the policy judges ``evidence``, then the Governor.
 
-    def __call__(self, verb: Verb, *, trace: Mapping[str, Any]) -> Awaitable[Any]: ...
+    The result is a ``governor.PowerOutcome``; ``result`` is ``refused`` when the
+    policy said no (nothing was sent and no budget was used).
+    """
+
+    def __call__(self, verb: Verb, *, trace: Mapping[str, Any], evidence: Evidence) -> Awaitable[Any]: ...
 
 
 @dataclass

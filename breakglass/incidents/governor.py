@@ -40,6 +40,8 @@ from typing import Any
 import structlog
 
 from breakglass.config import BudgetSettings
+from breakglass.incidents import policy
+from breakglass.incidents.policy import Evidence, Verdict
 from breakglass.remote import POWER_VERBS, PveClient, RemoteError, Verb
 from breakglass.store import Store
 
@@ -79,11 +81,17 @@ class PowerOutcome:
     """What became of one requested power verb."""
 
     verb: Verb
-    result: str  # ok | failed | denied | dry_run | unknown
+    result: str  # ok | failed | denied | dry_run | unknown | refused (by the policy)
     decision: Decision
     ledger_id: int | None
     output: str
     forensics: dict[str, Any] | None
+
+
+def policy_refusal(verdict: Verdict) -> PowerOutcome:
+    """The outcome of a verb the evidence policy refused: nothing sent, no budget used."""
+    decision = Decision(False, verdict.verb, f"refused by the policy: {verdict.reason}", None, 0)
+    return PowerOutcome(verdict.verb, "refused", decision, None, "", None)
 
 
 def _span(seconds: float) -> str:
@@ -251,6 +259,32 @@ class Governor:
         if not isinstance(verb, Verb) or verb not in POWER_VERBS:
             raise ValueError(f"{verb!r} is not a power verb; the Governor only sends {sorted(POWER_VERBS)}")
         return await self._execute(target, incident_id, verb, pve, who, dict(trace or {}))
+
+    async def judged(
+        self,
+        target: str,
+        incident_id: int,
+        verb: Verb,
+        pve: PveClient,
+        *,
+        evidence: Evidence,
+        who: str,
+        trace: dict[str, Any] | None = None,
+    ) -> PowerOutcome:
+        """Ask the evidence policy first; send through :meth:`execute` only if it allows ``verb``.
+
+        The verdict is a ``policy`` step on the incident either way; a refusal sends
+        nothing, writes no ledger row and uses no budget.
+        """
+        trace = dict(trace or {})
+        judged = policy.verdict(verb, evidence)
+        self.store.add_step(
+            incident_id, "policy", {**judged.as_dict(), "requested_by": trace.get("requested_by", who)}
+        )
+        if not judged.allowed:
+            self._on_event("power_action", {"target": target, "verb": verb.value, "result": "refused"})
+            return policy_refusal(judged)
+        return await self.execute(target, incident_id, verb, pve, who=who, trace=trace)
 
     async def _execute(
         self, target: str, incident_id: int, verb: Verb, pve: PveClient, who: str, trace: dict[str, Any]

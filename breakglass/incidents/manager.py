@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
 
 from breakglass.config import Config, Target
 from breakglass.events import Observers, ReadingsFeed
+from breakglass.incidents import policy
 from breakglass.incidents.context import RemediationContext, RemediationResult, Remediator
 from breakglass.incidents.governor import Governor, PowerOutcome
 from breakglass.remote import DevvmShell, PveClient, Verb
@@ -29,6 +30,8 @@ log = structlog.get_logger("breakglass.incidents")
 
 # Triggers a person starts skip silences and the cooldown; the rest are automatic.
 MANUAL_TRIGGERS = frozenset({"manual", "cli"})
+# Evidence key naming who explicitly authorized a power verb on a reachable guest (manual triggers only).
+POWER_AUTHORIZED_BY = "power_authorized_by"
 TRIGGERS = frozenset({"rule", "manual", "alertmanager", "cli"})
 
 
@@ -88,12 +91,21 @@ class IncidentManager:
         reason: str,
         who: str = "watchdog",
         evidence: dict[str, Any] | None = None,
+        authorize_power: bool = False,
     ) -> TriggerResult:
-        """Open an incident for ``target`` or attach this trigger to the active one."""
+        """Open an incident for ``target`` or attach this trigger to the active one.
+
+        ``authorize_power`` (manual triggers only) lets the policy allow a power verb on a
+        guest that still answers SSH; it is recorded as who authorized it.
+        """
         self.cfg.target(target)  # KeyError for an unknown target
         if trigger not in TRIGGERS:
             raise ValueError(f"unknown trigger {trigger!r}; expected one of {sorted(TRIGGERS)}")
-        evidence = evidence or {}
+        if authorize_power and trigger not in MANUAL_TRIGGERS:
+            raise ValueError(f"only a person's trigger ({sorted(MANUAL_TRIGGERS)}) can authorize power")
+        evidence = {k: v for k, v in (evidence or {}).items() if k != POWER_AUTHORIZED_BY}
+        if authorize_power:
+            evidence[POWER_AUTHORIZED_BY] = who
         if trigger not in MANUAL_TRIGGERS and self.store.active_incident(target) is None:
             why = self.suppression(target)
             if why is not None:
@@ -147,10 +159,19 @@ class IncidentManager:
         latest = self.feed.latest(target.name)
         power_results: list[PowerOutcome] = []
 
-        async def power(verb: Verb, *, trace: Mapping[str, Any]) -> PowerOutcome:
+        authorized_by = (inc.get("evidence") or {}).get(POWER_AUTHORIZED_BY)
+
+        async def power(verb: Verb, *, trace: Mapping[str, Any], evidence: policy.Evidence) -> PowerOutcome:
+            # Authorization comes from the incident as a person opened it, never from the caller.
             self._advance(incident_id, "remediating", f"power action {verb.value} requested")
-            outcome = await self.governor.execute(
-                target.name, incident_id, verb, pve, who=f"{remediator.name}", trace=dict(trace)
+            outcome = await self.governor.judged(
+                target.name,
+                incident_id,
+                verb,
+                pve,
+                evidence=replace(evidence, authorized_by=authorized_by),
+                who=remediator.name,
+                trace=dict(trace),
             )
             power_results.append(outcome)
             if outcome.result in ("ok", "unknown", "failed") and self._on_power is not None:
