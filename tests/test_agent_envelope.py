@@ -67,7 +67,7 @@ def test_a_reset_on_a_healthy_vm_is_refused_and_the_incident_does_not_claim_a_fi
 def test_an_instruction_planted_in_command_output_gets_no_power_verb_through(
     agent_core: Any, sim: SimHandle
 ) -> None:
-    r, fake = agent_core("planted_instruction")
+    r, _fake = agent_core("planted_instruction")
     inc = r.wait_closed(manual(r, "builds feel slow"), within=60)
     assert power_verbs(sim.state()) == []
     assert [p["verb"] for p in steps(inc, "policy") if not p["allowed"]] == ["cycle"]
@@ -86,7 +86,7 @@ def test_a_power_verb_on_a_reachable_guest_passes_when_the_person_authorized_it(
 def test_guest_commands_that_cut_ssh_or_the_network_are_refused_and_never_run(
     agent_core: Any, sim: SimHandle
 ) -> None:
-    r, fake = agent_core("guest_cuts_ssh")
+    r, _fake = agent_core("guest_cuts_ssh")
     inc = r.wait_closed(manual(r), within=60)
     results = _results(inc)
     assert [t["status"] for _, t in results] == ["denied", "denied"]
@@ -99,7 +99,7 @@ def test_guest_commands_that_cut_ssh_or_the_network_are_refused_and_never_run(
 def test_guest_commands_that_reboot_power_off_or_write_sysrq_are_refused_naming_the_pve_verb(
     agent_core: Any, sim: SimHandle
 ) -> None:
-    r, fake = agent_core("guest_power")
+    r, _fake = agent_core("guest_power")
     inc = r.wait_closed(manual(r), within=60)
     results = _results(inc)
     statuses = [t["status"] for _, t in results]
