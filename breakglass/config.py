@@ -47,12 +47,15 @@ class Target(_Model):
 class ProbeSettings(_Model):
     """How often and how patiently each target is probed."""
 
-    interval_seconds: float = Field(30.0, gt=0)
-    jitter_seconds: float = Field(2.0, ge=0)
+    # The defaults and why they are what they are: config/breakglass.example.yaml.
+    interval_seconds: float = Field(10.0, gt=0)
+    jitter_seconds: float = Field(0.0, ge=0)
     connect_timeout_seconds: float = Field(5.0, gt=0)
-    command_timeout_seconds: float = Field(10.0, gt=0)
-    round_timeout_seconds: float = Field(30.0, gt=0)
+    command_timeout_seconds: float = Field(5.0, gt=0)
+    round_timeout_seconds: float = Field(9.0, gt=0)
     output_cap_bytes: int = Field(65536, ge=1024)
+    keepalive_seconds: float = Field(30.0, ge=0)
+    max_concurrent_handshakes: int = Field(64, ge=1)
 
     @model_validator(mode="after")
     def _round_covers_commands(self) -> ProbeSettings:

@@ -8,7 +8,6 @@ coroutines with ``run_coroutine_threadsafe`` and waits with a timeout.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -16,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from breakglass.activity import explain
 from breakglass.agent.select import remediator_for
@@ -27,8 +25,10 @@ from breakglass.incidents.manager import IncidentManager, TriggerResult
 from breakglass.metrics import Metrics
 from breakglass.remote import DevvmShell, PveClient
 from breakglass.store import Store
+from breakglass.watchdog.links import ProbeLinks
 from breakglass.watchdog.probes import Readings, probe_target
 from breakglass.watchdog.rules import TargetState, evaluate, with_grace
+from breakglass.watchdog.scheduler import GridScheduler, spread
 
 log = structlog.get_logger("breakglass.core")
 T = TypeVar("T")
@@ -41,6 +41,7 @@ class TargetRuntime:
     target: Target
     shell: DevvmShell
     pve: PveClient
+    links: ProbeLinks
     rules: TargetState
     conditions: tuple[str, ...] = ()
     detail: dict[str, str] | None = None
@@ -68,6 +69,8 @@ class Core:
         )
         self.observers.add(self._observe)
         p = cfg.probe
+        # One cap on concurrent SSH handshakes for every target's probe rounds.
+        self.handshakes = asyncio.Semaphore(p.max_concurrent_handshakes)
         self.targets: dict[str, TargetRuntime] = {
             t.name: TargetRuntime(
                 target=t,
@@ -84,6 +87,7 @@ class Core:
                     power_timeout=cfg.budget.verb_timeout_seconds,
                     output_cap=p.output_cap_bytes,
                 ),
+                links=ProbeLinks(t, p, gate=self.handshakes),
                 rules=TargetState(),
             )
             for t in cfg.targets
@@ -100,7 +104,7 @@ class Core:
             on_power=self._grace_after_power,
             clock=clock,
         )
-        self.scheduler: AsyncIOScheduler | None = None
+        self.scheduler: GridScheduler | None = None
         for name in self.targets:
             metrics.init_target(name)
             self._export_budget(name)
@@ -115,33 +119,29 @@ class Core:
         self._fail_orphaned_incidents()
         if not schedule:
             return
-        self.scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
         p = self.cfg.probe
-        for name in self.targets:
-            self.scheduler.add_job(
-                self.probe_job,
-                "interval",
-                seconds=p.interval_seconds,
-                jitter=p.jitter_seconds or None,
-                args=[name],
-                id=f"probe-{name}",
-                coalesce=True,
-                max_instances=1,
-                misfire_grace_time=max(1, int(p.interval_seconds)),
-                next_run_time=_now_datetime(),
-            )
-        # A round that hangs until its timeout makes APScheduler skip the next ticks and
-        # warn each time; that is the design (max_instances=1), not news.
-        logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
+        self.scheduler = GridScheduler(
+            p.interval_seconds,
+            spread(self.targets, p.interval_seconds),
+            self.probe_job,
+            jitter=p.jitter_seconds,
+            on_round=self.metrics.round_started,
+        )
         self.scheduler.start()
-        log.info("core_started", targets=list(self.targets), interval=p.interval_seconds)
+        log.info(
+            "core_started",
+            targets=len(self.targets),
+            interval=p.interval_seconds,
+            max_concurrent_handshakes=p.max_concurrent_handshakes,
+        )
 
     async def stop(self) -> None:
         """Stop probing and cancel incident work (its history stays in the store)."""
         if self.scheduler is not None:
-            self.scheduler.shutdown(wait=False)
+            await self.scheduler.stop()
             self.scheduler = None
         await self.manager.stop()
+        await asyncio.gather(*(rt.links.close() for rt in self.targets.values()))
 
     def _fail_orphaned_incidents(self) -> None:
         """An incident left active by a crash cannot be resumed safely: close it as failed."""
@@ -168,7 +168,7 @@ class Core:
     async def probe_round(self, name: str) -> Readings:
         """Probe one target, store and export the readings, evaluate rules, maybe trigger."""
         rt = self.targets[name]
-        readings = await probe_target(rt.target, self.cfg.probe, now=self.clock)
+        readings = await probe_target(rt.target, self.cfg.probe, now=self.clock, links=rt.links)
         return await self.process(readings)
 
     async def process(self, readings: Readings) -> Readings:
@@ -294,12 +294,6 @@ class Core:
             m.agent_usage(target, data["input_tokens"], data["output_tokens"])
         elif event == "fallback":
             m.agent_fallback(target, data["kind"])
-
-
-def _now_datetime() -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)
 
 
 class CoreThread:

@@ -74,6 +74,7 @@ FALLBACK_REASONS = (
 ALERT_STATUSES = ("firing", "resolved")
 
 PROBE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
+LATENESS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 15.0)
 INCIDENT_BUCKETS = (30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 21600.0)
 
 
@@ -127,6 +128,15 @@ class Metrics:
             t,
             buckets=PROBE_BUCKETS,
             registry=r,
+        )
+        self.round_lateness = Histogram(
+            "breakglass_probe_round_lateness_seconds",
+            "How long after its scheduled slot a probe round started (all targets)",
+            buckets=LATENESS_BUCKETS,
+            registry=r,
+        )
+        self.rounds_missed = counter(
+            "probe_rounds_missed", "Scheduled rounds skipped because the previous one overran", t
         )
         self.condition_active = gauge(
             "condition_active", "1 while a rule condition is active", ("target", "condition")
@@ -185,6 +195,7 @@ class Metrics:
         self.incidents_active.labels(target=target).set(0)
         for result in ROUND_RESULTS:
             self.probe_rounds.labels(target=target, result=result)
+        self.rounds_missed.labels(target=target)
         for trigger in TRIGGERS:
             self.incidents_opened.labels(target=target, trigger=trigger)
         for state in CLOSED_STATES:
@@ -226,6 +237,12 @@ class Metrics:
         self.last_round_timestamp.labels(target=t).set(finished)
         if r.ssh_ok:
             self.last_successful_round_timestamp.labels(target=t).set(finished)
+
+    def round_started(self, target: str, lateness_seconds: float, missed: int) -> None:
+        """Record a round's start: seconds after its slot, and slots skipped before it."""
+        self.round_lateness.observe(lateness_seconds)
+        if missed:
+            self.rounds_missed.labels(target=target).inc(missed)
 
     def round_failed(self, target: str, result: str) -> None:
         """Count a round that produced no readings ("timeout" or "error")."""

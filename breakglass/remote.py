@@ -14,9 +14,10 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import asyncssh
@@ -149,18 +150,84 @@ def _host_key_error(ep: SshEndpoint, exc: Exception) -> HostKeyError:
     return HostKeyError(f"{msg} ({exc})", where=f"{ep.host}:{ep.port}", changed=bool(trusted))
 
 
-async def _connect(ep: SshEndpoint, connect_timeout: float) -> asyncssh.SSHClientConnection:
-    """Open an authenticated connection or raise RemoteError saying what went wrong."""
+@dataclass(frozen=True)
+class _Credentials:
+    """An endpoint's pinned host keys and client key, parsed once, with the files' identity."""
+
+    stamp: tuple[tuple[int, int, int], ...]
+    known_hosts: asyncssh.SSHKnownHosts
+    client_keys: Sequence[asyncssh.SSHKeyPair]
+
+
+# Parsed credentials per (key file, known_hosts file). A connect only stats the two
+# files; an edited, replaced or rotated file (new inode, mtime or size) is read again,
+# so a re-pinned or revoked host key takes effect on the next connection.
+_CREDENTIALS: dict[tuple[Path, Path], _Credentials] = {}
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def credentials_stamp(ep: SshEndpoint, *, quiet: bool = False) -> tuple[tuple[int, int, int], ...] | None:
+    """The identity (inode, mtime, size) of the endpoint's key and known_hosts files.
+
+    RemoteError(kind="auth") when one cannot be read, or None with ``quiet``.
+    """
+    try:
+        return (_stamp(ep.key_file), _stamp(ep.known_hosts))
+    except OSError as exc:
+        if quiet:
+            return None
+        raise RemoteError(
+            f"{_endpoint_label(ep)}: cannot read key or known_hosts: {exc}", kind="auth"
+        ) from None
+
+
+def credentials(ep: SshEndpoint) -> tuple[asyncssh.SSHKnownHosts, Sequence[asyncssh.SSHKeyPair]]:
+    """The endpoint's known_hosts and client key, parsed once and re-read when a file changes."""
     label = _endpoint_label(ep)
+    stamp = credentials_stamp(ep)
+    assert stamp is not None
+    key = (ep.key_file, ep.known_hosts)
+    cached = _CREDENTIALS.get(key)
+    if cached is not None and cached.stamp == stamp:
+        return cached.known_hosts, cached.client_keys
+    try:
+        known = asyncssh.read_known_hosts(str(ep.known_hosts))
+    except (OSError, ValueError) as exc:
+        raise RemoteError(f"{label}: cannot read known_hosts {ep.known_hosts}: {exc}", kind="auth") from None
+    try:
+        keys = asyncssh.load_keypairs([str(ep.key_file)])
+    except (OSError, ValueError, asyncssh.KeyImportError) as exc:
+        raise RemoteError(f"{label}: cannot load key {ep.key_file}: {exc}", kind="auth") from None
+    _CREDENTIALS[key] = _Credentials(stamp, known, keys)
+    return known, keys
+
+
+async def _connect(
+    ep: SshEndpoint,
+    connect_timeout: float,
+    *,
+    keepalive_seconds: float = 0.0,
+) -> asyncssh.SSHClientConnection:
+    """Open an authenticated connection or raise RemoteError saying what went wrong.
+
+    ``keepalive_seconds`` > 0 sends SSH keepalives, so a kept connection that died is noticed.
+    """
+    label = _endpoint_label(ep)
+    known, keys = credentials(ep)
     try:
         # Every default that could reach outside the config is switched off:
         # no ~/.ssh/config, no agent, no default keys, no password prompts.
+        # The pinned keys are an already parsed known_hosts: checking is the same.
         return await asyncssh.connect(
             ep.host,
             port=ep.port,
             username=ep.user,
-            known_hosts=str(ep.known_hosts),
-            client_keys=[str(ep.key_file)],
+            known_hosts=known,
+            client_keys=keys,
             config=None,
             agent_path=None,
             agent_forwarding=False,
@@ -171,6 +238,8 @@ async def _connect(ep: SshEndpoint, connect_timeout: float) -> asyncssh.SSHClien
             preferred_auth="publickey",
             connect_timeout=connect_timeout,
             login_timeout=connect_timeout,
+            keepalive_interval=keepalive_seconds,
+            keepalive_count_max=3,
         )
     except asyncssh.HostKeyNotVerifiable as exc:
         raise _host_key_error(ep, exc) from None
@@ -393,6 +462,19 @@ def status_from_dict(data: dict[str, Any]) -> PveStatus:
     )
 
 
+def verb_json(ep: SshEndpoint, verb: Verb, result: CommandResult, timeout: float) -> dict[str, Any]:
+    """The JSON object a verb printed; RemoteError for a timeout, a failure or bad output."""
+    label = f"{_endpoint_label(ep)} {verb}"
+    if result.timed_out:
+        raise RemoteError(f"{label}: no answer within {timeout:g}s", kind="timeout")
+    if result.exit_status != 0:
+        raise RemoteError(
+            f"{label}: exit status {result.exit_status}: {result.stderr.strip()[:200]}",
+            kind="protocol",
+        )
+    return _json_object(result.stdout, f"{verb} output")
+
+
 class PveClient:
     """Sends only the six verbs to the Proxmox host's forced command."""
 
@@ -427,18 +509,7 @@ class PveClient:
         return await shell.run(verb.value)
 
     async def _json_verb(self, verb: Verb) -> dict[str, Any]:
-        result = await self.run(verb)
-        label = f"{_endpoint_label(self.endpoint)} {verb}"
-        if result.timed_out:
-            raise RemoteError(
-                f"{label}: no answer within {self.command_timeout:g}s", kind="timeout"
-            )
-        if result.exit_status != 0:
-            raise RemoteError(
-                f"{label}: exit status {result.exit_status}: {result.stderr.strip()[:200]}",
-                kind="protocol",
-            )
-        return _json_object(result.stdout, f"{verb} output")
+        return verb_json(self.endpoint, verb, await self.run(verb), self.command_timeout)
 
     async def status(self) -> PveStatus:
         """Ask the host for the VM's status."""

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import resource
 import signal
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import structlog
 import waitress
 
-from breakglass.config import Config
+from breakglass.config import Config, WebSettings
 from breakglass.core import Core, CoreThread
 from breakglass.log import configure_logging
 from breakglass.metrics import Metrics
@@ -23,6 +25,36 @@ from breakglass.store import Store
 from breakglass.web.app import create_app
 
 log = structlog.get_logger("breakglass.service")
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard limit; log and return the limit in force.
+
+    Each watched target holds two kept SSH connections and a fresh login per round, so a
+    fleet of hundreds needs thousands of descriptors; the usual soft limit is 1024.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("fd_limit_not_raised", soft=soft, hard=hard, error=str(exc))
+    log.info("fd_limit", open_files_limit=soft, hard_limit=None if hard == resource.RLIM_INFINITY else hard)
+    return soft
+
+
+def make_server(app: Any, web: WebSettings) -> Any:
+    """The waitress server for ``app``: poll(), never select(), so descriptors above 1024 are fine."""
+    return waitress.create_server(
+        app,
+        host=web.bind,
+        port=web.port,
+        threads=web.threads,
+        ident="breakglass",
+        asyncore_use_poll=True,
+    )
 
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -37,6 +69,7 @@ def serve(cfg: Config, *, on_ready: Callable[[str], None] | None = None) -> int:
         for problem in problems:
             print(f"breakglass: {problem}", file=sys.stderr)
         return 2
+    raise_fd_limit()
     cfg.store_path.parent.mkdir(parents=True, exist_ok=True)
     store = Store(cfg.store_path)
     metrics = Metrics()
@@ -48,9 +81,7 @@ def serve(cfg: Config, *, on_ready: Callable[[str], None] | None = None) -> int:
     handle = thread.start()
     app = create_app(cfg, store=store, metrics=metrics, core=handle)
     try:
-        server = waitress.create_server(
-            app, host=cfg.web.bind, port=cfg.web.port, threads=cfg.web.threads, ident="breakglass"
-        )
+        server = make_server(app, cfg.web)
     except OSError as exc:
         # Taken between the check and now: the same one line, never a traceback.
         print(

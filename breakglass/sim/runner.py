@@ -190,6 +190,10 @@ class SimServer:
         if self.vm.state().get("vm") in _DOWN:
             # Sessions do not survive the machine they run on.
             await self._devvm.close_connections()
+        if self._pve.login() != "ok":
+            # A host that cannot be reached (refused or partitioned away) takes its
+            # established connections with it: a watchdog's kept connection breaks too.
+            await self._pve.close_connections()
         await self._devvm.reconcile()
         await self._pve.reconcile()
 

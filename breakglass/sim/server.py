@@ -119,6 +119,7 @@ class _SshServer(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         self._front._conns.add(conn)
+        self._front.handshakes += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._conn is not None:
@@ -178,6 +179,8 @@ class SshFront:
         # Accepted sockets nobody else owns yet; whatever is left here at stop() is closed.
         self._socks: set[socket.socket] = set()
         self._conns: set[asyncssh.SSHServerConnection] = set()
+        # SSH connections this sshd has taken (the TCP accept got as far as asyncssh).
+        self.handshakes = 0
         self._options: asyncssh.SSHServerConnectionOptions | None = None
         self._stopped = False
 

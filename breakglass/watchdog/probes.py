@@ -18,8 +18,9 @@ from typing import Any
 
 from breakglass.config import Config, ProbeSettings, Target
 from breakglass.log import configure_logging, get_logger
-from breakglass.remote import DevvmShell, PveClient, RemoteError
+from breakglass.remote import RemoteError
 from breakglass.watchdog import parse
+from breakglass.watchdog.links import ProbeLinks
 
 log = get_logger(__name__)
 
@@ -124,27 +125,19 @@ def readings_from_output(stdout: str, *, complete: bool) -> dict[str, Any]:
     }
 
 
-async def _devvm_side(target: Target, settings: ProbeSettings) -> dict[str, Any]:
+async def _devvm_side(links: ProbeLinks, target: Target, settings: ProbeSettings) -> dict[str, Any]:
     out = dict(_DEVVM_EMPTY)
-    shell = DevvmShell(
-        target.devvm,
-        connect_timeout=settings.connect_timeout_seconds,
-        command_timeout=settings.command_timeout_seconds,
-        output_cap=settings.output_cap_bytes,
-    )
-    started = time.monotonic()
     try:
-        async with shell.session() as s:
-            login = await s.run("true", timeout=settings.connect_timeout_seconds)
-            if login.timed_out:
-                out["ssh_error"] = f"timeout: `true` took over {settings.connect_timeout_seconds:g}s"
-                return out
-            if not login.ok:
-                # Logged in, but the guest cannot run even `true`: not a working SSH.
-                out["ssh_error"] = f"protocol: `true` exited {login.exit_status}"
-                return out
-            out["ssh_login_seconds"] = time.monotonic() - started
-            result = await s.run(parse.PROBE_COMMAND)
+        fresh, login, seconds = await links.login()
+        if login.timed_out:
+            out["ssh_error"] = f"timeout: `true` took over {settings.connect_timeout_seconds:g}s"
+            return out
+        if not login.ok:
+            # Logged in, but the guest cannot run even `true`: not a working SSH.
+            out["ssh_error"] = f"protocol: `true` exited {login.exit_status}"
+            return out
+        out["ssh_login_seconds"] = seconds
+        result = await links.readings(fresh, parse.PROBE_COMMAND)
     except RemoteError as exc:
         out["ssh_error"] = exc.short
         out["ssh_refused"] = exc.kind == "refused"
@@ -164,16 +157,10 @@ async def _devvm_side(target: Target, settings: ProbeSettings) -> dict[str, Any]
     return out
 
 
-async def _pve_side(target: Target, settings: ProbeSettings) -> dict[str, Any]:
+async def _pve_side(links: ProbeLinks, target: Target, settings: ProbeSettings) -> dict[str, Any]:
     out = dict(_PVE_EMPTY)
-    client = PveClient(
-        target.pve,
-        connect_timeout=settings.connect_timeout_seconds,
-        command_timeout=settings.command_timeout_seconds,
-        output_cap=settings.output_cap_bytes,
-    )
     try:
-        st = await client.status()
+        st = await links.status()
     except RemoteError as exc:
         out["pve_error"] = exc.short
         return out
@@ -189,16 +176,17 @@ async def _pve_side(target: Target, settings: ProbeSettings) -> dict[str, Any]:
 
 
 async def _bounded(
-    side: Callable[[Target, ProbeSettings], Awaitable[dict[str, Any]]],
+    side: Callable[[ProbeLinks, Target, ProbeSettings], Awaitable[dict[str, Any]]],
     empty: dict[str, Any],
     error_key: str,
+    links: ProbeLinks,
     target: Target,
     settings: ProbeSettings,
 ) -> dict[str, Any]:
     """Run one side within the round timeout; anything unexpected becomes an error reading."""
     try:
         async with asyncio.timeout(settings.round_timeout_seconds):
-            return await side(target, settings)
+            return await side(links, target, settings)
     except TimeoutError:
         err = f"timeout: round took over {settings.round_timeout_seconds:g}s"
     except Exception as exc:  # a probe must never take the scheduler down with it
@@ -208,15 +196,29 @@ async def _bounded(
 
 
 async def probe_target(
-    target: Target, settings: ProbeSettings, *, now: Callable[[], float] = time.time
+    target: Target,
+    settings: ProbeSettings,
+    *,
+    now: Callable[[], float] = time.time,
+    links: ProbeLinks | None = None,
 ) -> Readings:
-    """Probe the guest and its Proxmox host concurrently; never raises, never outlasts the round."""
+    """Probe the guest and its Proxmox host concurrently; never raises, never outlasts the round.
+
+    ``links`` are the target's kept connections (the core keeps one per target); without
+    them the round opens its own and closes them at the end.
+    """
     at = now()
     started = time.monotonic()
-    devvm, pve = await asyncio.gather(
-        _bounded(_devvm_side, _DEVVM_EMPTY, "ssh_error", target, settings),
-        _bounded(_pve_side, _PVE_EMPTY, "pve_error", target, settings),
-    )
+    own = links is None
+    use = links if links is not None else ProbeLinks(target, settings)
+    try:
+        devvm, pve = await asyncio.gather(
+            _bounded(_devvm_side, _DEVVM_EMPTY, "ssh_error", use, target, settings),
+            _bounded(_pve_side, _PVE_EMPTY, "pve_error", use, target, settings),
+        )
+    finally:
+        if own:
+            await use.close()
     readings = Readings(
         target=target.name,
         at=at,
