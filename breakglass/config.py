@@ -228,9 +228,15 @@ def _resolve(path: Path, base: Path) -> Path:
 
 
 def _check_readable(path: Path, where: str, errors: list[str]) -> None:
-    if not path.exists():
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except PermissionError:
+        # A folder on the way that this user may not enter (e.g. keys owned by another user).
+        errors.append(f"{where}: file {path} is not readable (a folder on its path is not searchable)")
+        return
+    if not exists:
         errors.append(f"{where}: file {path} does not exist")
-    elif not path.is_file():
+    elif not is_file:
         errors.append(f"{where}: {path} is not a file")
     elif not os.access(path, os.R_OK):
         errors.append(f"{where}: file {path} is not readable")
