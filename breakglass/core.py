@@ -204,8 +204,9 @@ class Core:
         who: str = "watchdog",
         evidence: dict[str, Any] | None = None,
         authorize_power: bool = False,
+        alert: str | None = None,
     ) -> TriggerResult:
-        """Open or attach an incident (any source); see IncidentManager.trigger for ``authorize_power``."""
+        """Open or attach an incident (any source); see IncidentManager.trigger for the options."""
         evidence = dict(evidence or {})
         rt = self.targets[target]
         evidence.setdefault("conditions", list(rt.conditions))
@@ -219,6 +220,7 @@ class Core:
             who=who,
             evidence=evidence,
             authorize_power=authorize_power,
+            alert=alert,
         )
 
     def status(self) -> dict[str, Any]:
@@ -387,6 +389,7 @@ class CoreHandle:
         who: str,
         evidence: dict[str, Any] | None = None,
         authorize_power: bool = False,
+        alert: str | None = None,
     ) -> TriggerResult:
         """Open or attach an incident from another thread."""
         return self.call(
@@ -397,6 +400,7 @@ class CoreHandle:
                 who=who,
                 evidence=evidence,
                 authorize_power=authorize_power,
+                alert=alert,
             )
         )
 

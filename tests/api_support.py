@@ -46,13 +46,29 @@ class TriggerCore(StoreCore):
     def __init__(self, cfg: Config, store: Store) -> None:
         super().__init__(cfg, store)
         self.grants: list[tuple[str, str, str]] = []
+        self.fail_next: Exception | None = None  # raised by the next trigger, once
 
     def trigger(
-        self, target: str, *, trigger: str, reason: str, who: str, evidence: dict[str, Any] | None = None
+        self,
+        target: str,
+        *,
+        trigger: str,
+        reason: str,
+        who: str,
+        evidence: dict[str, Any] | None = None,
+        alert: str | None = None,
     ) -> TriggerResult:
         """Open or attach in the store, as the manager does; CoreUnavailable when switched off."""
         if not self.is_alive:
             raise CoreUnavailable("the core loop is not running")
+        if self.fail_next is not None:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
+        if alert is not None:
+            incident_id, outcome = self.store.open_incident_for_alert(
+                target, alert, trigger, reason, who, evidence or {}
+            )
+            return TriggerResult(incident_id, outcome == "opened", duplicate=outcome == "duplicate")
         incident_id, created = self.store.open_incident(target, trigger, reason, who, evidence or {})
         return TriggerResult(incident_id, created)
 

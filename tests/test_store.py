@@ -120,12 +120,33 @@ def test_steps_keep_their_order_and_tokens_add_up(store: Store) -> None:
     assert inc["report"].startswith("Found: x")
 
 
-def test_an_alert_fingerprint_and_status_is_recorded_once(store: Store) -> None:
-    assert store.record_alert_once("abc", "firing")
-    assert not store.record_alert_once("abc", "firing")
-    assert store.record_alert_once("abc", "resolved")
-    store.forget_alert("abc", "firing")
-    assert store.record_alert_once("abc", "firing")
+def test_an_alert_is_a_duplicate_only_while_its_incident_is_active(store: Store) -> None:
+    def fire(fp: str = "abc") -> tuple[int, str]:
+        return store.open_incident_for_alert("devvm", fp, "alertmanager", "down", "alertmanager", {})
+
+    first, outcome = fire()
+    assert outcome == "opened"
+    assert fire() == (first, "duplicate")
+    assert store.alert_duplicate("devvm", "abc", "firing") == first
+    assert fire("other") == (first, "attached")
+    assert store.record_alert_resolved("devvm", "abc", {}) == (first, "recorded")
+    assert store.record_alert_resolved("devvm", "abc", {}) == (first, "duplicate")
+    assert fire() == (first, "attached")  # fired again after resolving: a new episode
+    store.transition(first, "resolved", "green")
+    assert store.alert_duplicate("devvm", "abc", "firing") is None
+    assert store.record_alert_resolved("devvm", "abc", {}) == (None, "no_active_incident")
+    second, outcome = fire()
+    assert (outcome, second != first) == ("opened", True)
+
+
+def test_an_alert_whose_incident_work_fails_is_not_recorded(store: Store) -> None:
+    with pytest.raises(UnicodeEncodeError):
+        # A failure inside the transaction (here: an unencodable string) rolls both back.
+        store.open_incident_for_alert("devvm", "abc", "alertmanager", "bad \ud800", "alertmanager", {})
+    assert store.list_incidents() == []
+    assert store.alert_duplicate("devvm", "abc", "firing") is None
+    _, outcome = store.open_incident_for_alert("devvm", "abc", "alertmanager", "ok", "alertmanager", {})
+    assert outcome == "opened"
 
 
 def test_silences_expire(store: Store, clock: FakeClock) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -280,3 +282,76 @@ def test_alerts_are_counted_by_status(app: Flask, client: FlaskClient) -> None:
     registry = ctx.metrics.registry
     assert registry.get_sample_value("breakglass_alerts_received_total", {"status": "firing"}) == 1
     assert registry.get_sample_value("breakglass_alerts_received_total", {"status": "resolved"}) == 1
+
+
+def test_a_failed_first_delivery_is_recovered_by_the_retry(
+    client: FlaskClient, core: TriggerCore, store: Store
+) -> None:
+    core.fail_next = sqlite3.OperationalError("database is locked")
+    first = post(client, payload(alert()))
+    assert first.status_code >= 500  # Alertmanager retries 5xx only
+    assert first.json["error"] == "delivery_failed"
+    assert store.list_incidents() == []
+    retry = post(client, payload(alert()))
+    assert retry.status_code == 200
+    assert retry.json["opened"]
+    assert retry.json["duplicates"] == 0
+
+
+def test_a_lone_surrogate_in_any_string_is_handled(client: FlaskClient, store: Store) -> None:
+    body = json.dumps(payload(alert())).replace("devvm stopped answering", "bad \\ud800 text")
+    body = body.replace('"alertname": "DevvmDown"', '"alertname": "Devvm\\udfffDown", "x\\ud800": "y"')
+    body = body.replace('"receiver": "breakglass"', '"receiver": "\\ud83d"')
+    r = client.post("/api/v1/alertmanager", data=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 200
+    [inc_id] = r.json["opened"]
+    inc = store.get_incident(inc_id)
+    assert inc is not None
+    assert inc["reason"] == "Devvm\ufffdDown: bad \ufffd text"
+    retry = client.post(
+        "/api/v1/alertmanager", data=body, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert retry.json["duplicates"] == 1
+
+
+def test_copies_attach_to_the_active_incident_and_a_re_fire_after_close_opens_a_new_one(
+    client: FlaskClient, store: Store
+) -> None:
+    [first] = post(client, payload(alert())).json["opened"]
+    assert post(client, payload(alert())).json["duplicates"] == 1
+    assert post(client, payload(alert(fingerprint="fp2"))).json["attached"] == [first]
+    assert post(client, payload(alert(fingerprint="fp2"))).json["duplicates"] == 1
+    store.transition(first, "resolved", "three green rounds")
+    # Alertmanager re-sends a still-firing alert at repeat_interval: after the close it is news.
+    again = post(client, payload(alert()))
+    assert again.json["duplicates"] == 0
+    [second] = again.json["opened"]
+    assert second != first
+    assert post(client, payload(alert())).json["duplicates"] == 1
+
+
+@pytest.mark.parametrize("path", ["/api/v1/alertmanager", "/api/v1/incidents", "/api/v1/silences"])
+@pytest.mark.parametrize("depth", [40, 100_000])
+def test_deeply_nested_json_is_a_400_not_a_500(
+    client: FlaskClient, store: Store, path: str, depth: int
+) -> None:
+    from api_support import API_TOKEN
+
+    token = WEBHOOK_TOKEN if "alertmanager" in path else API_TOKEN
+    body = '{"target": "devvm", "reason": ' + "[" * depth + "]" * depth + "}"
+    r = client.post(
+        path, data=body, headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    )
+    assert r.status_code == 400
+    assert "nested deeper than 32 levels" in json.dumps(r.json["detail"])
+    assert counts(store) == (0, 0, 0)
+
+
+def test_a_huge_receiver_is_not_logged_whole(client: FlaskClient, captured: io.StringIO) -> None:
+    big = payload(alert())
+    big["receiver"] = "r" * 900_000
+    assert post(client, big).status_code == 200
+    text = captured.getvalue()
+    assert len(text) < 20_000
+    [entry] = [json.loads(line) for line in text.splitlines() if '"webhook_received"' in line]
+    assert entry["receiver"].endswith("...[truncated 898000 chars]")

@@ -42,6 +42,7 @@ class TriggerResult:
     incident_id: int | None
     created: bool
     suppressed: str | None = None  # "silenced" or "cooldown" when nothing was opened
+    duplicate: bool = False  # a copy of an alert already delivered to the active incident
 
 
 class IncidentManager:
@@ -92,11 +93,15 @@ class IncidentManager:
         who: str = "watchdog",
         evidence: dict[str, Any] | None = None,
         authorize_power: bool = False,
+        alert: str | None = None,
     ) -> TriggerResult:
         """Open an incident for ``target`` or attach this trigger to the active one.
 
         ``authorize_power`` (manual triggers only) lets the policy allow a power verb on a
         guest that still answers SSH; it is recorded as who authorized it.
+
+        ``alert`` is a firing alert's fingerprint: it is recorded with the incident in
+        the same transaction, and a copy while that incident is active is a duplicate.
         """
         self.cfg.target(target)  # KeyError for an unknown target
         if trigger not in TRIGGERS:
@@ -111,7 +116,15 @@ class IncidentManager:
             if why is not None:
                 log.debug("trigger_suppressed", target=target, trigger=trigger, why=why)
                 return TriggerResult(None, False, why)
-        incident_id, created = self.store.open_incident(target, trigger, reason, who, evidence)
+        if alert is not None:
+            incident_id, outcome = self.store.open_incident_for_alert(
+                target, alert, trigger, reason, who, evidence
+            )
+            if outcome == "duplicate":
+                return TriggerResult(incident_id, False, duplicate=True)
+            created = outcome == "opened"
+        else:
+            incident_id, created = self.store.open_incident(target, trigger, reason, who, evidence)
         if created:
             log.info("incident_opened", incident=incident_id, target=target, trigger=trigger, who=who)
             self.observers.emit("opened", {"incident": incident_id, "target": target, "trigger": trigger})

@@ -1,8 +1,9 @@
 """The only package that speaks SQL: SQLite in WAL mode, schema versioned.
 
 Holds readings, incidents (with their steps and state transitions), the
-power-action ledger and its grants, silences, and the Alertmanager dedupe
-set. Conventions, the same for every method:
+power-action ledger and its grants, silences, and the Alertmanager
+deliveries (each alert recorded with the incident it opened or attached to,
+in the same transaction). Conventions, the same for every method:
 
 - rows come back as plain dicts (``None`` when a single row is missing);
   JSON columns (readings, evidence, step data, ledger decisions) are decoded;
@@ -83,7 +84,7 @@ class Store(IncidentRecords, PowerLedger):
         with self._tx() as conn:
             return conn.execute("DELETE FROM readings WHERE at < ?", (older_than,)).rowcount
 
-    # -- silences and alert dedupe ---------------------------------------
+    # -- silences --------------------------------------------------------
 
     def add_silence(self, target: str, reason: str, who: str, expires_at: float) -> int:
         """Silence automatic incidents for ``target`` until ``expires_at``."""
@@ -122,22 +123,4 @@ class Store(IncidentRecords, PowerLedger):
                     (now, silence_id, now),
                 ).rowcount
                 == 1
-            )
-
-    # -- alert dedupe ----------------------------------------------------
-
-    def record_alert_once(self, fingerprint: str, status: str) -> bool:
-        """True the first time this (fingerprint, status) pair is seen."""
-        with self._tx() as conn:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO alerts_seen (fingerprint, status, first_seen) VALUES (?, ?, ?)",
-                (fingerprint, status, self.clock()),
-            )
-            return cur.rowcount == 1
-
-    def forget_alert(self, fingerprint: str, status: str) -> None:
-        """Forget a pair so that a later repeat is new again (an alert that fires anew)."""
-        with self._tx() as conn:
-            conn.execute(
-                "DELETE FROM alerts_seen WHERE fingerprint = ? AND status = ?", (fingerprint, status)
             )

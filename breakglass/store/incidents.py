@@ -8,7 +8,31 @@ from typing import Any
 
 from breakglass.store.db import Database, dumps, loads
 from breakglass.store.ledger import ledger_row
-from breakglass.store.schema import ALLOWED, CLOSED_STATES, STATES
+from breakglass.store.schema import ACTIVE_WHERE, ALLOWED, CLOSED_STATES, STATES
+
+# Built from constants only, no input: the one definition of "active" (schema.ACTIVE_WHERE).
+_ACTIVE_ROW_SQL = f"SELECT * FROM incidents WHERE target = ? AND {ACTIVE_WHERE}"  # noqa: S608
+
+
+def _active_id(conn: sqlite3.Connection, target: str) -> int | None:
+    row = conn.execute(_ACTIVE_ROW_SQL, (target,)).fetchone()
+    return int(row["id"]) if row else None
+
+
+def _last_delivery(conn: sqlite3.Connection, incident_id: int, fingerprint: str) -> str | None:
+    row = conn.execute(
+        "SELECT status FROM alert_deliveries WHERE incident_id = ? AND fingerprint = ? "
+        "ORDER BY id DESC LIMIT 1",
+        (incident_id, fingerprint),
+    ).fetchone()
+    return str(row["status"]) if row else None
+
+
+def _deliver(conn: sqlite3.Connection, incident_id: int, fingerprint: str, status: str, now: float) -> None:
+    conn.execute(
+        "INSERT INTO alert_deliveries (incident_id, fingerprint, status, at) VALUES (?, ?, ?, ?)",
+        (incident_id, fingerprint, status, now),
+    )
 
 
 class IncidentRecords(Database):
@@ -18,35 +42,92 @@ class IncidentRecords(Database):
         self, target: str, trigger: str, reason: str, who: str, evidence: dict[str, Any]
     ) -> tuple[int, bool]:
         """Open an incident, or attach this trigger to the active one: ``(id, created)``."""
-        now = self.clock()
         with self._tx() as conn:
-            row = conn.execute(
-                "SELECT id FROM incidents WHERE target = ? "
-                "AND state IN ('open','diagnosing','remediating','verifying')",
-                (target,),
-            ).fetchone()
-            if row is not None:
-                conn.execute(
-                    "INSERT INTO steps (incident_id, at, kind, data) VALUES (?, ?, 'trigger', ?)",
-                    (
-                        row["id"],
-                        now,
-                        dumps({"trigger": trigger, "reason": reason, "who": who, "evidence": evidence}),
-                    ),
-                )
-                return int(row["id"]), False
-            cur = conn.execute(
-                "INSERT INTO incidents (target, trigger, who, reason, state, opened_at, evidence) "
-                "VALUES (?, ?, ?, ?, 'open', ?, ?)",
-                (target, trigger, who, reason, now, dumps(evidence)),
-            )
-            incident_id = int(cur.lastrowid or 0)
+            return self._open(conn, target, trigger, reason, who, evidence)
+
+    def open_incident_for_alert(
+        self,
+        target: str,
+        fingerprint: str,
+        trigger: str,
+        reason: str,
+        who: str,
+        evidence: dict[str, Any],
+    ) -> tuple[int, str]:
+        """Open or attach for a firing alert, recording it in the same transaction.
+
+        Returns ``(incident id, outcome)``: ``opened``, ``attached``, or ``duplicate``
+        when this fingerprint's latest delivery to the active incident was already
+        ``firing`` (a copy: nothing is written). Once that incident closes, the same
+        alert firing again opens a new one.
+        """
+        with self._tx() as conn:
+            active = _active_id(conn, target)
+            if active is not None and _last_delivery(conn, active, fingerprint) == "firing":
+                return active, "duplicate"
+            incident_id, created = self._open(conn, target, trigger, reason, who, evidence)
+            _deliver(conn, incident_id, fingerprint, "firing", self.clock())
+            return incident_id, "opened" if created else "attached"
+
+    def record_alert_resolved(
+        self, target: str, fingerprint: str, data: dict[str, Any]
+    ) -> tuple[int | None, str]:
+        """Record a resolved alert on the active incident: ``(id, recorded|duplicate|no_active_incident)``."""
+        with self._tx() as conn:
+            active = _active_id(conn, target)
+            if active is None:
+                return None, "no_active_incident"
+            if _last_delivery(conn, active, fingerprint) == "resolved":
+                return active, "duplicate"
+            now = self.clock()
             conn.execute(
-                "INSERT INTO transitions (incident_id, at, from_state, to_state, reason) "
-                "VALUES (?, ?, NULL, 'open', ?)",
-                (incident_id, now, f"{trigger}: {reason}"),
+                "INSERT INTO steps (incident_id, at, kind, data) VALUES (?, ?, 'alert_resolved', ?)",
+                (active, now, dumps(data)),
             )
-            return incident_id, True
+            _deliver(conn, active, fingerprint, "resolved", now)
+            return active, "recorded"
+
+    def alert_duplicate(self, target: str, fingerprint: str, status: str) -> int | None:
+        """The active incident this exact delivery is a copy for, if any (read-only: no write lock)."""
+        conn = self._conn()
+        active = _active_id(conn, target)
+        if active is not None and _last_delivery(conn, active, fingerprint) == status:
+            return active
+        return None
+
+    def _open(
+        self,
+        conn: sqlite3.Connection,
+        target: str,
+        trigger: str,
+        reason: str,
+        who: str,
+        evidence: dict[str, Any],
+    ) -> tuple[int, bool]:
+        now = self.clock()
+        active = _active_id(conn, target)
+        if active is not None:
+            conn.execute(
+                "INSERT INTO steps (incident_id, at, kind, data) VALUES (?, ?, 'trigger', ?)",
+                (
+                    active,
+                    now,
+                    dumps({"trigger": trigger, "reason": reason, "who": who, "evidence": evidence}),
+                ),
+            )
+            return active, False
+        cur = conn.execute(
+            "INSERT INTO incidents (target, trigger, who, reason, state, opened_at, evidence) "
+            "VALUES (?, ?, ?, ?, 'open', ?, ?)",
+            (target, trigger, who, reason, now, dumps(evidence)),
+        )
+        incident_id = int(cur.lastrowid or 0)
+        conn.execute(
+            "INSERT INTO transitions (incident_id, at, from_state, to_state, reason) "
+            "VALUES (?, ?, NULL, 'open', ?)",
+            (incident_id, now, f"{trigger}: {reason}"),
+        )
+        return incident_id, True
 
     def transition(self, incident_id: int, new_state: str, reason: str) -> bool:
         """Move an incident to ``new_state`` if allowed from its current state; False otherwise."""
@@ -140,15 +221,7 @@ class IncidentRecords(Database):
 
     def active_incident(self, target: str) -> dict[str, Any] | None:
         """The target's active incident (without steps), if any."""
-        row = (
-            self._conn()
-            .execute(
-                "SELECT * FROM incidents WHERE target = ? "
-                "AND state IN ('open','diagnosing','remediating','verifying')",
-                (target,),
-            )
-            .fetchone()
-        )
+        row = self._conn().execute(_ACTIVE_ROW_SQL, (target,)).fetchone()
         return self._incident_row(row) if row else None
 
     def last_closed_at(self, target: str) -> float | None:

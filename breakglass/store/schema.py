@@ -20,6 +20,8 @@ ALLOWED: dict[str, frozenset[str]] = {
 }
 
 ACTIVE_SQL = "('open','diagnosing','remediating','verifying')"
+# The one SQL predicate for "this incident is active" (the partial unique index's too).
+ACTIVE_WHERE = f"state IN {ACTIVE_SQL}"
 
 MIGRATIONS: list[str] = [
     f"""
@@ -108,5 +110,18 @@ MIGRATIONS: list[str] = [
         first_seen REAL NOT NULL,
         PRIMARY KEY (fingerprint, status)
     );
+    """,
+    # 2: alert deliveries belong to the incident they opened or attached to, so a
+    # copy is a duplicate only while that incident is active.
+    """
+    DROP TABLE alerts_seen;
+    CREATE TABLE alert_deliveries (
+        id INTEGER PRIMARY KEY,
+        incident_id INTEGER NOT NULL REFERENCES incidents (id),
+        fingerprint TEXT NOT NULL,
+        status TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX alert_deliveries_incident ON alert_deliveries (incident_id, fingerprint, id);
     """,
 ]

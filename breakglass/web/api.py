@@ -22,12 +22,12 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
-    ValidationError,
     model_validator,
 )
 
 from breakglass.store import CLOSED_STATES, STATES
 from breakglass.web.auth import current_user
+from breakglass.web.body import load_json, validate
 from breakglass.web.context import MAX_ID, ApiError, web_context
 
 log = structlog.get_logger("breakglass.web")
@@ -193,17 +193,9 @@ B = TypeVar("B", bound=BaseModel)
 
 def parse_body(model: type[B]) -> B:
     """The JSON body validated by ``model``; ApiError 400 naming each bad field."""
-    data = request.get_json(silent=True)
-    if data is None:
+    if not request.is_json:
         raise ApiError(400, "bad_request", [{"param": "(body)", "problem": "send a JSON object"}])
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        problems = [
-            {"param": ".".join(str(p) for p in e["loc"]) or "(body)", "problem": e["msg"]}
-            for e in exc.errors(include_url=False, include_input=False)
-        ]
-        raise ApiError(400, "bad_request", problems) from None
+    return validate(model, load_json(request.get_data(cache=False)))
 
 
 def _known_target(name: str, param: str = "target") -> str:

@@ -42,9 +42,20 @@ class CoreHandle(Protocol):
         ...
 
     def trigger(
-        self, target: str, *, trigger: str, reason: str, who: str, evidence: dict[str, Any] | None = None
+        self,
+        target: str,
+        *,
+        trigger: str,
+        reason: str,
+        who: str,
+        evidence: dict[str, Any] | None = None,
+        alert: str | None = None,
     ) -> Any:
-        """Open or attach an incident; a TriggerResult. Raises CoreUnavailable when the core is down."""
+        """Open or attach an incident; a TriggerResult. Raises CoreUnavailable when the core is down.
+
+        ``alert`` (a firing alert's fingerprint) is recorded with the incident atomically;
+        a copy while that incident is active comes back with ``duplicate`` set.
+        """
         ...
 
     def grant(self, target: str, who: str, why: str) -> int:

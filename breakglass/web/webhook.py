@@ -1,24 +1,31 @@
 """``POST /api/v1/alertmanager``: Alertmanager's webhook (payload version 4).
 
 Alertmanager retries 5xx and network errors, never 4xx, and HA pairs send
-each notification more than once. So: a bad payload is a 400 that changes
-nothing; a repeat of the same fingerprint and status is recorded once; only a
-core that is down answers 503, and then the pair is forgotten so the retry
-counts.
+each notification more than once. So:
+
+- a bad payload (not JSON, nested too deep, failing the schema) is a 400 that
+  changes nothing; any valid JSON string is accepted (lone surrogates become
+  U+FFFD);
+- an alert is recorded in the same store transaction as its effect (the
+  incident it opened, or the step it attached), so a delivery that fails is
+  a 5xx that recorded nothing, and Alertmanager's retry counts;
+- copies are duplicates only while the incident they went to is active: the
+  same alert firing after that incident closed (and the cooldown passed)
+  opens a new one.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 import structlog
 from flask import Blueprint, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from breakglass.config import Config, read_secret
 from breakglass.core import CoreUnavailable
 from breakglass.web.auth import bearer_token, tokens_equal
+from breakglass.web.body import load_json, validate
 from breakglass.web.context import ApiError, web_context
 
 log = structlog.get_logger("breakglass.web")
@@ -107,18 +114,7 @@ def _check_token() -> None:
 
 def parse_notification(raw: bytes) -> Notification:
     """Validate a webhook body; ApiError 400 naming the bad fields."""
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "bad_request", f"the body is not JSON: {exc}") from None
-    try:
-        return Notification.model_validate(data)
-    except ValidationError as exc:
-        problems = [
-            {"param": ".".join(str(p) for p in e["loc"]) or "(body)", "problem": e["msg"]}
-            for e in exc.errors(include_url=False, include_input=False)
-        ]
-        raise ApiError(400, "bad_request", problems) from None
+    return validate(Notification, load_json(raw))
 
 
 @bp.post("/alertmanager")
@@ -141,16 +137,20 @@ def alertmanager() -> Any:
         if target is None:
             entry.update(outcome="unknown_target", label_value=looked_up)
             continue
-        if not ctx.store.record_alert_once(alert.fingerprint, alert.status):
+        # A copy of what the active incident already holds: answered without the write lock.
+        if ctx.store.alert_duplicate(target, alert.fingerprint, alert.status) is not None:
             entry["outcome"] = "duplicate"
             continue
         try:
             entry.update(_apply(alert, target))
         except CoreUnavailable as exc:
-            # Forget the pair so Alertmanager's retry of this 503 is not taken for a repeat.
-            ctx.store.forget_alert(alert.fingerprint, alert.status)
             log.warning("webhook_core_unavailable", error=str(exc))
             raise ApiError(503, "core_unavailable", str(exc) or "the core did not answer") from None
+        except Exception as exc:
+            # Nothing of this alert was recorded (its transaction rolled back): a 5xx makes
+            # Alertmanager retry, and the retry is not taken for a copy.
+            log.exception("webhook_delivery_failed", fingerprint=alert.fingerprint, target=target)
+            raise ApiError(500, "delivery_failed", f"{type(exc).__name__}: {exc}") from None
     summary = {
         "received": len(note.alerts),
         "opened": sorted({r["incident_id"] for r in results if r.get("outcome") == "opened"}),
@@ -173,29 +173,25 @@ def alertmanager() -> Any:
 
 
 def _apply(alert: Alert, target: str) -> dict[str, Any]:
-    """Act on one new (fingerprint, status) pair for a known target."""
+    """Act on one alert for a known target, recording it with its effect."""
     ctx = web_context()
     if alert.status == "firing":
-        # A later resolve of this episode must count, even if an earlier episode resolved.
-        ctx.store.forget_alert(alert.fingerprint, "resolved")
         res = ctx.core.trigger(
             target,
             trigger="alertmanager",
             reason=_reason(alert),
             who="alertmanager",
             evidence=_evidence(alert),
+            alert=alert.fingerprint,
         )
         if res.incident_id is None:
             return {"outcome": "suppressed", "incident_id": None, "why": res.suppressed}
+        if res.duplicate:
+            return {"outcome": "duplicate", "incident_id": res.incident_id}
         return {"outcome": "opened" if res.created else "attached", "incident_id": res.incident_id}
-    # Resolved: the next firing of this fingerprint is a new episode.
-    ctx.store.forget_alert(alert.fingerprint, "firing")
-    inc = ctx.store.active_incident(target)
-    if inc is None:
-        return {"outcome": "no_active_incident", "incident_id": None}
-    ctx.store.add_step(
-        inc["id"],
-        "alert_resolved",
+    incident_id, outcome = ctx.store.record_alert_resolved(
+        target,
+        alert.fingerprint,
         {"alertname": alert.labels.get("alertname"), "endsAt": alert.endsAt, **_evidence(alert)},
     )
-    return {"outcome": "recorded", "incident_id": inc["id"]}
+    return {"outcome": outcome, "incident_id": incident_id}
