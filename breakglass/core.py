@@ -8,9 +8,10 @@ coroutines with ``run_coroutine_threadsafe`` and waits with a timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -31,6 +32,7 @@ from breakglass.watchdog.rules import TargetState, evaluate, with_grace
 from breakglass.watchdog.scheduler import GridScheduler, spread
 
 log = structlog.get_logger("breakglass.core")
+READINGS_FLUSH_SECONDS = 1.0  # how often gathered readings are written, in one transaction
 T = TypeVar("T")
 
 
@@ -105,6 +107,9 @@ class Core:
             clock=clock,
         )
         self.scheduler: GridScheduler | None = None
+        # Readings wait here and are written together (one transaction, one sync) off the loop.
+        self._pending: list[Readings] = []
+        self._flusher: asyncio.Task[None] | None = None
         for name in self.targets:
             metrics.init_target(name)
             self._export_budget(name)
@@ -117,6 +122,7 @@ class Core:
         if unknown:
             log.warning("ledger_recovered", unknown_outcomes=unknown)
         self._fail_orphaned_incidents()
+        self._flusher = asyncio.create_task(self._flush_loop(), name="readings-writer")
         if not schedule:
             return
         p = self.cfg.probe
@@ -141,7 +147,29 @@ class Core:
             await self.scheduler.stop()
             self.scheduler = None
         await self.manager.stop()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        await self.flush_readings()
         await asyncio.gather(*(rt.links.close() for rt in self.targets.values()))
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(READINGS_FLUSH_SECONDS)
+            await self.flush_readings()
+
+    async def flush_readings(self) -> int:
+        """Write the readings gathered since the last flush in one transaction; return how many."""
+        batch, self._pending = self._pending, []
+        if not batch:
+            return 0
+        try:
+            await asyncio.to_thread(self.store.add_readings_many, batch)
+        except Exception:  # a failed write loses history, never the schedule
+            log.exception("readings_write_failed", rounds=len(batch))
+        return len(batch)
 
     def _fail_orphaned_incidents(self) -> None:
         """An incident left active by a crash cannot be resumed safely: close it as failed."""
@@ -174,7 +202,7 @@ class Core:
     async def process(self, readings: Readings) -> Readings:
         """Everything after the probe itself: store, metrics, rules, triggers, feed."""
         rt = self.targets[readings.target]
-        self.store.add_readings(readings)
+        self._pending.append(readings)
         self.metrics.observe_readings(readings)
         ev = evaluate(rt.rules, readings, self.cfg.rules, self.clock())
         rt.rules, rt.conditions, rt.detail = ev.state, ev.active, dict(ev.detail)
@@ -223,11 +251,13 @@ class Core:
             alert=alert,
         )
 
-    def status(self) -> dict[str, Any]:
-        """Each target's latest readings, active conditions, incident, budget and silence."""
+    def status(self, names: Iterable[str] | None = None) -> dict[str, Any]:
+        """Each target's (or only ``names``') latest readings, conditions, incident, budget, silence."""
         now = self.clock()
         out = []
-        for name, rt in self.targets.items():
+        wanted = self.targets if names is None else [n for n in names if n in self.targets]
+        for name in wanted:
+            rt = self.targets[name]
             latest = self.feed.latest(name)
             inc = self.store.active_incident(name)
             remaining, next_at = self.governor.remaining(name)
@@ -376,9 +406,10 @@ class CoreHandle:
             return False
         return True
 
-    def status(self) -> dict[str, Any]:
-        """Each target's state (see Core.status)."""
-        return self.call(_as_coro(self._core.status))
+    def status(self, names: Iterable[str] | None = None) -> dict[str, Any]:
+        """Each target's state, or only that of ``names`` (see Core.status)."""
+        wanted = None if names is None else list(names)
+        return self.call(_as_coro(lambda: self._core.status(wanted)))
 
     def trigger(
         self,

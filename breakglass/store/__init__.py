@@ -18,6 +18,7 @@ Secrets are never stored here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from breakglass.store.db import Database, dumps, loads
@@ -33,9 +34,22 @@ from breakglass.store.schema import (
 )
 from breakglass.watchdog.probes import Readings
 
+# The chart series the page draws, computed in SQL from each stored round.
+CHART_SERIES: dict[str, str] = {
+    "ssh_login_seconds": "json_extract(data, '$.ssh_login_seconds')",
+    "load_per_cpu": (
+        "json_extract(data, '$.load1') * 1.0 / MAX(1, COALESCE(json_extract(data, '$.ncpu'), 1))"
+    ),
+    "mem_available_ratio": (
+        "CASE WHEN json_extract(data, '$.mem_total_bytes') > 0 THEN "
+        "json_extract(data, '$.mem_available_bytes') * 1.0 / json_extract(data, '$.mem_total_bytes') END"
+    ),
+}
+
 __all__ = [
     "ACTIVE_STATES",
     "ALLOWED",
+    "CHART_SERIES",
     "CLOSED_STATES",
     "LEDGER_RESULTS",
     "MIGRATIONS",
@@ -55,11 +69,44 @@ class Store(IncidentRecords, PowerLedger):
 
     def add_readings(self, r: Readings) -> None:
         """Store one probe round."""
+        self.add_readings_many([r])
+
+    def add_readings_many(self, batch: Sequence[Readings]) -> None:
+        """Store many probe rounds in one transaction: one sync for the lot."""
+        if not batch:
+            return
         with self._tx() as conn:
-            conn.execute(
+            conn.executemany(
                 "INSERT INTO readings (target, at, data) VALUES (?, ?, ?)",
-                (r.target, r.at, dumps(r.to_dict())),
+                [(r.target, r.at, dumps(r.to_dict())) for r in batch],
             )
+
+    def readings_buckets(
+        self, target: str, since: float, until: float, buckets: int
+    ) -> list[dict[str, Any]]:
+        """Rounds in ``[since, until)`` cut into ``buckets`` equal spans, summarised in SQL.
+
+        One row per span that holds rounds, oldest first: ``at`` (the mean time of its
+        rounds), ``rounds``, and ``min_``/``avg_``/``max_`` of each of
+        :data:`CHART_SERIES` (None where no round had the reading). However many rounds
+        the span holds, a chart gets at most ``buckets`` points.
+        """
+        if buckets < 1 or until <= since:
+            return []
+        width = (until - since) / buckets
+        columns = ", ".join(
+            f"MIN({name}) AS min_{name}, AVG({name}) AS avg_{name}, MAX({name}) AS max_{name}"
+            for name in CHART_SERIES
+        )
+        values = ", ".join(f"{expr} AS {name}" for name, expr in CHART_SERIES.items())
+        rows = self._conn().execute(
+            f"WITH v AS (SELECT at, {values} FROM readings "  # noqa: S608 - fixed expressions only
+            "WHERE target = ? AND at >= ? AND at < ?) "
+            f"SELECT CAST((at - ?) / ? AS INTEGER) AS bucket, COUNT(*) AS rounds, AVG(at) AS at, {columns} "
+            "FROM v GROUP BY bucket ORDER BY bucket",
+            (target, since, until, since, width),
+        )
+        return [dict(r) for r in rows]
 
     def latest_readings(self, target: str) -> dict[str, Any] | None:
         """The newest stored round for ``target``, as a dict."""

@@ -6,6 +6,7 @@ app factory can import them without a cycle (flaskr's ``db.py`` habit).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,8 +31,8 @@ class CoreHandle(Protocol):
         """True when the core loop answers within about a second; never raises."""
         ...
 
-    def status(self) -> dict[str, Any]:
-        """Each target's readings, conditions, incident, budget, silence and activity.
+    def status(self, names: Iterable[str] | None = None) -> dict[str, Any]:
+        """Each target's (or only ``names``') readings, conditions, incident, budget, silence, activity.
 
         Shape: ``{"targets": [{"name", "readings": dict | None, "conditions": [str],
         "incident": {"id", "state", "trigger"} | None, "budget": {"remaining",

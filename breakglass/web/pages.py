@@ -20,6 +20,11 @@ from breakglass.web.humanize import FILTERS
 bp = Blueprint("pages", __name__)
 
 CHART_HOURS = 3
+CHART_BUCKETS = 120  # points per chart line, whatever the interval and the span
+# Beyond this many targets the front page is a compact fleet table, FLEET_PAGE_SIZE rows a page;
+# each row links to that target's full card (``/?target=NAME``).
+FLEET_VIEW_AFTER = 24
+FLEET_PAGE_SIZE = 50
 CHART_CAPTIONS = ("SSH login seconds", "Load per CPU", "Memory available (ratio)")
 
 SIM_TIMEOUT_SECONDS = 3.0
@@ -32,30 +37,27 @@ def _filters(state: BlueprintSetupState) -> None:
 
 def _charts(name: str, now: float) -> list[Any]:
     ctx = web_context()
-    rows = ctx.store.readings_since(name, now - CHART_HOURS * 3600)
+    # Downsampled in SQL: the page's work is bounded by CHART_BUCKETS, not by the rounds stored.
+    rows = ctx.store.readings_buckets(name, now - CHART_HOURS * 3600, now + 1, CHART_BUCKETS)
     rules = ctx.cfg.rules
     return [
         line_chart(
             "SSH login seconds",
             rows,
-            lambda r: r.get("ssh_login_seconds"),
+            lambda r: r["avg_ssh_login_seconds"],
             threshold=rules.ssh_slow_seconds,
             unit=" s",
         ),
         line_chart(
             "Load per CPU",
             rows,
-            lambda r: (r["load1"] / max(1, r.get("ncpu") or 1)) if r.get("load1") is not None else None,
+            lambda r: r["avg_load_per_cpu"],
             threshold=rules.load_per_cpu,
         ),
         line_chart(
             "Memory available (ratio)",
             rows,
-            lambda r: (
-                (r["mem_available_bytes"] / r["mem_total_bytes"])
-                if r.get("mem_available_bytes") is not None and r.get("mem_total_bytes")
-                else None
-            ),
+            lambda r: r["avg_mem_available_ratio"],
             threshold=rules.mem_available_ratio,
         ),
     ]
@@ -91,8 +93,12 @@ def index() -> str:
     """Every target's health, charts, incident, budget, silences and forms."""
     ctx = web_context()
     now = time.time()
+    names = [t.name for t in ctx.cfg.targets]
+    one = request.args.get("target")
+    if len(names) > FLEET_VIEW_AFTER and one not in names:
+        return _fleet(names, now)
     try:
-        status = ctx.core.status()
+        status = ctx.core.status() if one not in names else ctx.core.status(names=[one])
         core_error = None
     except (RuntimeError, TimeoutError) as exc:
         status, core_error = {"targets": []}, str(exc)
@@ -113,6 +119,32 @@ def index() -> str:
         sim=sim,
         now=now,
         chart_hours=CHART_HOURS,
+    )
+
+
+def _fleet(names: list[str], now: float) -> str:
+    """The compact fleet table: one row per target, one page at a time, no charts."""
+    ctx = web_context()
+    pages = max(1, -(-len(names) // FLEET_PAGE_SIZE))
+    try:
+        page = min(max(1, int(request.args.get("page", "1"))), pages)
+    except ValueError:
+        abort(400, "page must be a whole number")
+    shown = names[(page - 1) * FLEET_PAGE_SIZE : page * FLEET_PAGE_SIZE]
+    try:
+        status = ctx.core.status(names=shown)
+        core_error = None
+    except (RuntimeError, TimeoutError) as exc:
+        status, core_error = {"targets": []}, str(exc)
+    return render_template(
+        "fleet.html",
+        targets=status["targets"],
+        core_error=core_error,
+        page=page,
+        pages=pages,
+        total=len(names),
+        silences=ctx.store.list_silences(now),
+        now=now,
     )
 
 

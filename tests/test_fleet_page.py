@@ -1,0 +1,87 @@
+"""Many targets: the front page becomes a compact, paginated fleet table; readings are batched."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from api_support import make_app
+from flask.testing import FlaskClient
+from web_support import healthy_readings, web_config
+
+from breakglass.core import Core, CoreHandle, CoreThread
+from breakglass.metrics import Metrics
+from breakglass.store import Store
+from breakglass.watchdog.probes import Readings
+from breakglass.web.pages import FLEET_PAGE_SIZE, FLEET_VIEW_AFTER
+
+NAMES = tuple(f"vm{i:03d}" for i in range(FLEET_PAGE_SIZE + 10))
+
+
+class CountingStore(Store):
+    """The real store, counting how readings reach it."""
+
+    batches: list[int]
+
+    def add_readings_many(self, batch: Sequence[Readings]) -> None:
+        self.batches = [*getattr(self, "batches", []), len(batch)]
+        super().add_readings_many(batch)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[tuple[CoreHandle, CountingStore, FlaskClient]]:
+    """A real core (no probing) watching 60 targets, and the real app over it."""
+    cfg = web_config(tmp_path, NAMES)
+    store = CountingStore(cfg.store_path)
+    thread = CoreThread(Core(cfg, store=store, metrics=Metrics()), schedule=False)
+    handle = thread.start()
+    try:
+        yield handle, store, make_app(cfg, store, handle).test_client()
+    finally:
+        thread.stop()
+        store.close()
+
+
+def rows(html: str) -> list[str]:
+    return re.findall(r'<tr class="health-[a-z_]+" id="target-([^"]+)"', html)
+
+
+def test_beyond_a_few_dozen_targets_the_index_is_a_paginated_table(fleet) -> None:
+    _, _, client = fleet
+    assert len(NAMES) > FLEET_VIEW_AFTER
+    first = client.get("/").get_data(as_text=True)
+    assert rows(first) == list(NAMES[:FLEET_PAGE_SIZE])
+    assert "page 1 of 2" in first
+    assert 'rel="next"' in first
+    assert "<svg" not in first  # no charts in the fleet table
+    second = client.get("/?page=2").get_data(as_text=True)
+    assert rows(second) == list(NAMES[FLEET_PAGE_SIZE:])
+    assert 'rel="prev"' in second
+    assert 'rel="next"' not in second
+    assert rows(client.get("/?page=99").get_data(as_text=True)) == list(NAMES[FLEET_PAGE_SIZE:])
+    assert client.get("/?page=two").status_code == 400
+
+
+def test_a_row_links_to_that_targets_full_card_with_its_charts(fleet) -> None:
+    handle, _, client = fleet
+    now = time.time()
+    for i in range(5):
+        handle.call(handle.core.process(healthy_readings("vm007", at=now - 600 + i * 120)))
+    handle.call(handle.core.flush_readings())
+    assert 'href="/?target=vm007"' in client.get("/").get_data(as_text=True)
+    html = client.get("/?target=vm007").get_data(as_text=True)
+    assert 'id="target-vm007"' in html
+    assert 'id="target-vm008"' not in html
+    assert html.count('<polyline class="series"') == 3
+
+
+def test_readings_reach_the_store_in_one_transaction_per_flush(fleet) -> None:
+    handle, store, _ = fleet
+    for name in NAMES:
+        handle.call(handle.core.process(healthy_readings(name, at=5000.0)))
+    assert handle.call(handle.core.flush_readings()) == len(NAMES)
+    assert store.batches[-1] == len(NAMES)
+    assert all(store.latest_readings(n)["at"] == 5000.0 for n in NAMES)
