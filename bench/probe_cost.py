@@ -1,11 +1,20 @@
-"""Probe cost: CPU seconds per target per round, breakglass vs an ssh-per-command script.
+"""Probe cost per target-round, client and server side: breakglass vs OpenSSH with the same connections.
 
-The simulators run in a child process (N ``SimServer`` on one ``SimThread``),
-so their CPU is excluded from both measurements. The breakglass side runs
-``probe_target`` for every target concurrently in this process and reads
-``RUSAGE_SELF``; the baseline takes the same readings the way a cron-script
-watchdog would, one OpenSSH ``ssh`` process per command (login check, the five
-reading commands, ``status`` on the Proxmox host), and reads ``RUSAGE_CHILDREN``.
+The simulators (the SSH servers) run in a child process; their CPU is the
+"server" column, read from /proc for each measurement. Both probers make the
+same connections for the same readings, every round, per target:
+
+- breakglass: ``probe_target`` with the target's kept connections
+  (``ProbeLinks``, as the core does): one fresh guest login, the readings
+  over the kept guest connection, ``status`` over the kept host connection.
+  Client CPU: ``RUSAGE_SELF`` of this process.
+- OpenSSH: one ``ssh`` master per target and side (``ControlMaster``, kept
+  open), and per round one fresh ``ssh`` login (``ControlPath=none``,
+  ``true``) plus the readings and ``status`` through the masters as mux
+  clients. Client CPU: the ``ssh`` processes (``RUSAGE_CHILDREN``) plus the
+  masters (/proc).
+
+Targets run concurrently, rounds one after another, after one warm-up round.
 
     .venv/bin/python bench/probe_cost.py [--rounds 5] [--targets 1,10,100]
 """
@@ -15,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -25,18 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from breakglass.config import ProbeSettings, Target
+from breakglass.watchdog.links import ProbeLinks
+from breakglass.watchdog.parse import PROBE_COMMAND
 from breakglass.watchdog.probes import probe_target
 
-# The reading commands of the probe, one ssh process each in the baseline.
-DEVVM_COMMANDS = (
-    "true",
-    "cat /proc/loadavg",
-    "nproc",
-    "cat /proc/meminfo",
-    "df -P /",
-    "systemctl --failed --no-legend --plain",
-)
-PVE_COMMAND = "status"
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 def serve(count: int, folder: str) -> None:
@@ -45,11 +48,13 @@ def serve(count: int, folder: str) -> None:
 
     with SimThread() as thread:
         sims = [
-            thread.serve(Path(folder) / f"vm{i}", "test", target_name=f"vm{i}", vmid=100 + i)
+            thread.serve(
+                Path(folder) / f"vm{i}", "test", target_name=f"vm{i}", vmid=100 + i, reconcile_seconds=1.0
+            )
             for i in range(count)
         ]
-        targets = [s.config.targets[0].model_dump(mode="json") for s in sims]  # type: ignore[union-attr]
-        probe = sims[0].config.probe.model_dump(mode="json")  # type: ignore[union-attr]
+        targets = [s.config.targets[0].model_dump(mode="json") for s in sims]
+        probe = sims[0].config.probe.model_dump(mode="json")
         print(json.dumps({"targets": targets, "probe": probe}), flush=True)
         sys.stdin.read()  # the parent closes stdin to stop us
 
@@ -59,75 +64,164 @@ def _cpu(who: int) -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def measure_breakglass(targets: list[Target], settings: ProbeSettings, rounds: int) -> tuple[float, float]:
-    """CPU s/target/round and wall s/round of ``probe_target`` over all targets concurrently."""
+def _proc_cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
 
-    async def go() -> tuple[float, float, int]:
-        await asyncio.gather(*(probe_target(t, settings) for t in targets))  # warm-up round
-        cpu0, wall0, bad = _cpu(resource.RUSAGE_SELF), time.monotonic(), 0
-        for _ in range(rounds):
-            res = await asyncio.gather(*(probe_target(t, settings) for t in targets))
-            bad += sum(1 for r in res if not (r.ssh_ok and r.pve_ok))
-        return _cpu(resource.RUSAGE_SELF) - cpu0, time.monotonic() - wall0, bad
 
-    cpu, wall, bad = asyncio.run(go())
+def measure_breakglass(
+    targets: list[Target], settings: ProbeSettings, rounds: int, server: int
+) -> dict[str, float]:
+    """Client and server CPU s/target/round and wall s/round of rounds over kept connections."""
+
+    async def go() -> tuple[float, float, float, int]:
+        links = [
+            ProbeLinks(t, settings, gate=asyncio.Semaphore(settings.max_concurrent_handshakes))
+            for t in targets
+        ]
+        try:
+            await asyncio.gather(
+                *(probe_target(t, settings, links=k) for t, k in zip(targets, links, strict=True))
+            )
+            cpu0, srv0, wall0, bad = _cpu(resource.RUSAGE_SELF), _proc_cpu(server), time.monotonic(), 0
+            for _ in range(rounds):
+                res = await asyncio.gather(
+                    *(probe_target(t, settings, links=k) for t, k in zip(targets, links, strict=True))
+                )
+                bad += sum(1 for r in res if not (r.ssh_ok and r.pve_ok))
+            return _cpu(resource.RUSAGE_SELF) - cpu0, _proc_cpu(server) - srv0, time.monotonic() - wall0, bad
+        finally:
+            await asyncio.gather(*(k.close() for k in links))
+
+    cpu, srv, wall, bad = asyncio.run(go())
     if bad:
         print(f"warning: {bad} breakglass readings were not fully green", file=sys.stderr)
-    return cpu / len(targets) / rounds, wall / rounds
+    per = len(targets) * rounds
+    return {"client": cpu / per, "server": srv / per, "wall": wall / rounds}
 
 
-def _ssh_argv(ep: dict[str, Any], command: str) -> list[str]:
+def _ssh_argv(ep: dict[str, Any], *options: str) -> list[str]:
     return [
-        "ssh", "-i", str(ep["key_file"]), "-o", f"UserKnownHostsFile={ep['known_hosts']}",
-        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
-        "-p", str(ep["port"]), f"{ep['user']}@{ep['host']}", command,
-    ]  # fmt: skip
+        "ssh",
+        "-i",
+        str(ep["key_file"]),
+        "-o",
+        f"UserKnownHostsFile={ep['known_hosts']}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=10",
+        "-F",
+        "/dev/null",
+        *options,
+        "-p",
+        str(ep["port"]),
+        f"{ep['user']}@{ep['host']}",
+    ]
 
 
-def measure_ssh(targets: list[dict[str, Any]], rounds: int) -> tuple[float, float]:
-    """CPU s/target/round and wall s/round of one ssh process per reading command."""
+async def _run(argv: list[str]) -> int:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    await proc.communicate()
+    return proc.returncode or 0
 
-    async def one_target(t: dict[str, Any]) -> int:
-        failures = 0
-        jobs = [(t["devvm"], c) for c in DEVVM_COMMANDS] + [(t["pve"], PVE_COMMAND)]
-        for ep, command in jobs:  # a script runs its commands one after another
-            proc = await asyncio.create_subprocess_exec(
-                *_ssh_argv(ep, command), stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            )  # fmt: skip
-            await proc.communicate()
-            failures += proc.returncode != 0
-        return failures
 
-    async def go() -> tuple[float, float, int]:
-        cpu0, wall0, bad = _cpu(resource.RUSAGE_CHILDREN), time.monotonic(), 0
+def measure_openssh(targets: list[dict[str, Any]], rounds: int, server: int, tmp: str) -> dict[str, float]:
+    """The same connections with OpenSSH: kept masters, one fresh login per round, mux clients."""
+    masters: list[subprocess.Popen[bytes]] = []
+    paths: dict[tuple[int, str], str] = {}
+    for i, t in enumerate(targets):
+        for side in ("devvm", "pve"):
+            path = f"{tmp}/cm-{i}-{side}"
+            paths[i, side] = path
+            masters.append(
+                subprocess.Popen(
+                    [
+                        *_ssh_argv(
+                            t[side],
+                            "-o",
+                            "ControlMaster=yes",
+                            "-o",
+                            f"ControlPath={path}",
+                            "-o",
+                            "ServerAliveInterval=30",
+                            "-N",
+                        )
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+    deadline = time.monotonic() + 60
+    while not all(Path(p).exists() for p in paths.values()):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the OpenSSH masters did not come up within 60 s")
+        time.sleep(0.1)
+
+    async def one(i: int, t: dict[str, Any]) -> int:
+        fresh = _run([*_ssh_argv(t["devvm"], "-o", "ControlPath=none"), "true"])
+        rc = await fresh
+        readings = _run([*_ssh_argv(t["devvm"], "-o", f"ControlPath={paths[i, 'devvm']}"), PROBE_COMMAND])
+        status = _run([*_ssh_argv(t["pve"], "-o", f"ControlPath={paths[i, 'pve']}"), "status"])
+        return int(rc != 0) + sum(int(x != 0) for x in await asyncio.gather(readings, status))
+
+    async def go() -> tuple[float, float, float, float, int]:
+        await asyncio.gather(*(one(i, t) for i, t in enumerate(targets)))  # warm-up
+        m0 = sum(_proc_cpu(m.pid) for m in masters)
+        cpu0, srv0, wall0, bad = _cpu(resource.RUSAGE_CHILDREN), _proc_cpu(server), time.monotonic(), 0
         for _ in range(rounds):
-            bad += sum(await asyncio.gather(*(one_target(t) for t in targets)))
-        return _cpu(resource.RUSAGE_CHILDREN) - cpu0, time.monotonic() - wall0, bad
+            bad += sum(await asyncio.gather(*(one(i, t) for i, t in enumerate(targets))))
+        cpu = _cpu(resource.RUSAGE_CHILDREN) - cpu0
+        return (
+            cpu,
+            sum(_proc_cpu(m.pid) for m in masters) - m0,
+            _proc_cpu(server) - srv0,
+            time.monotonic() - wall0,
+            bad,
+        )
 
-    cpu, wall, bad = asyncio.run(go())
+    try:
+        cpu, master_cpu, srv, wall, bad = asyncio.run(go())
+    finally:
+        for m in masters:
+            m.terminate()
+        for m in masters:
+            m.wait(10)
     if bad:
-        print(f"warning: {bad} ssh baseline commands failed", file=sys.stderr)
-    return cpu / len(targets) / rounds, wall / rounds
+        print(f"warning: {bad} OpenSSH commands failed", file=sys.stderr)
+    per = len(targets) * rounds
+    return {"client": (cpu + master_cpu) / per, "server": srv / per, "wall": wall / rounds}
 
 
 def run_case(count: int, rounds: int, ssh_rounds: int, tmp: str) -> dict[str, Any]:
     """Start ``count`` simulators in a child process and measure both probers against them."""
     child = subprocess.Popen(
         [sys.executable, __file__, "--serve", str(count), "--dir", f"{tmp}/n{count}"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert child.stdout is not None
         info = json.loads(child.stdout.readline())
         targets = [Target.model_validate(t) for t in info["targets"]]
-        # The bench's own rounds are bounded by the profile's round timeout like the core's.
         settings = ProbeSettings.model_validate(info["probe"]).model_copy(
-            update={"connect_timeout_seconds": 10.0, "command_timeout_seconds": 10.0,
-                    "round_timeout_seconds": 30.0}
-        )  # fmt: skip
-        bg_cpu, bg_wall = measure_breakglass(targets, settings, rounds)
-        ssh_cpu, ssh_wall = measure_ssh(info["targets"], ssh_rounds)
+            update={
+                "connect_timeout_seconds": 10.0,
+                "command_timeout_seconds": 10.0,
+                "round_timeout_seconds": 30.0,
+            }
+        )
+        bg = measure_breakglass(targets, settings, rounds, child.pid)
+        ssh = measure_openssh(info["targets"], ssh_rounds, child.pid, tmp)
     finally:
         assert child.stdin is not None
         child.stdin.close()
@@ -136,8 +230,7 @@ def run_case(count: int, rounds: int, ssh_rounds: int, tmp: str) -> dict[str, An
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
-    return {"n": count, "rounds": rounds, "ssh_rounds": ssh_rounds,
-            "bg_cpu": bg_cpu, "bg_wall": bg_wall, "ssh_cpu": ssh_cpu, "ssh_wall": ssh_wall}  # fmt: skip
+    return {"n": count, "rounds": rounds, "ssh_rounds": ssh_rounds, "bg": bg, "ssh": ssh}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,8 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5, help="measured rounds per case (default 5)")
     ap.add_argument("--targets", default="1,10,100", help="comma-separated target counts")
-    ap.add_argument("--ssh-rounds-100", type=int, default=1,
-                    help="baseline rounds for cases of 100+ targets (ssh is slow there; default 1)")
+    ap.add_argument(
+        "--ssh-rounds-100",
+        type=int,
+        default=2,
+        help="OpenSSH rounds for cases of 100+ targets (slow there; default 2)",
+    )
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -163,17 +260,26 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run_case(n, args.rounds, ssh_rounds, tmp))
             print(".", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    print("simulators in a child process (excluded); breakglass: probe_target for all targets "
-          "concurrently, RUSAGE_SELF; baseline: one ssh process per command "
-          f"({len(DEVVM_COMMANDS)} devvm + 1 pve), targets concurrently, RUSAGE_CHILDREN\n")
-    head = (f"{'targets':>7} | {'rounds bg/ssh':>13} | {'breakglass CPU s/target/round':>29} | "
-            f"{'ssh-baseline CPU s/target/round':>31} | {'ratio':>6} | {'wall s/round bg / ssh':>21}")
+    print(
+        "CPU seconds per target-round; simulators (the SSH servers) in a child process = server; "
+        "same connections for both: 1 fresh guest login per round, readings and status over kept "
+        "connections; 2-core machine shared with other work\n"
+    )
+    head = (
+        f"{'targets':>7} | {'rounds bg/ssh':>13} | {'breakglass client':>17} | {'OpenSSH client':>14} | "
+        f"{'client ratio':>12} | {'server bg':>9} | {'server ssh':>10} | {'wall s/round bg / ssh':>21}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
-        ratio = r["ssh_cpu"] / r["bg_cpu"] if r["bg_cpu"] else float("nan")
-        print(f"{r['n']:>7} | {r['rounds']:>6}/{r['ssh_rounds']:<6} | {r['bg_cpu']:>29.4f} | "
-              f"{r['ssh_cpu']:>31.4f} | {ratio:>5.1f}x | {r['bg_wall']:>9.2f} / {r['ssh_wall']:<9.2f}")
+        bg, ssh = r["bg"], r["ssh"]
+        ratio = ssh["client"] / bg["client"] if bg["client"] else float("nan")
+        print(
+            f"{r['n']:>7} | {r['rounds']:>6}/{r['ssh_rounds']:<6} | "
+            f"{bg['client']:>17.4f} | {ssh['client']:>14.4f} | "
+            f"{ratio:>11.1f}x | {bg['server']:>9.4f} | {ssh['server']:>10.4f} | "
+            f"{bg['wall']:>9.2f} / {ssh['wall']:<9.2f}"
+        )
     return 0
 
 

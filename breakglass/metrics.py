@@ -99,7 +99,9 @@ class Metrics:
 
         # Per-target readings of the latest probe round.
         self.probe_success = gauge("probe_success", "1 if the latest round logged in to the guest over SSH")
-        self.ssh_login = gauge("ssh_login_seconds", "SSH connect + login + `true` time of the latest round")
+        self.ssh_login = gauge(
+            "ssh_login_seconds", "SSH connect + key exchange + login time of the latest round's fresh login"
+        )
         self.load1 = gauge("load1", "Guest 1-minute load average")
         self.load5 = gauge("load5", "Guest 5-minute load average")
         self.load15 = gauge("load15", "Guest 15-minute load average")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -150,6 +151,14 @@ def _host_key_error(ep: SshEndpoint, exc: Exception) -> HostKeyError:
     return HostKeyError(f"{msg} ({exc})", where=f"{ep.host}:{ep.port}", changed=bool(trusted))
 
 
+# Probe rounds log in to every target every round: curve25519 key exchange and AES-GCM
+# cost about a third less client CPU than asyncssh's defaults (ML-KEM hybrid exchange,
+# ChaCha20-Poly1305) and are what OpenSSH itself used by default until 9.0. Agent and
+# power-verb connections keep asyncssh's defaults.
+PROBE_KEX_ALGS = ("curve25519-sha256", "curve25519-sha256@libssh.org", "mlkem768x25519-sha256")
+PROBE_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com")
+
+
 @dataclass(frozen=True)
 class _Credentials:
     """An endpoint's pinned host keys and client key, parsed once, with the files' identity."""
@@ -165,6 +174,12 @@ class _Credentials:
 _CREDENTIALS: dict[tuple[Path, Path], _Credentials] = {}
 
 
+# The files are looked at (stat) at most this often per endpoint: a fleet's rounds check
+# them several times a second, and a changed pin takes effect within this delay.
+STAMP_MAX_AGE_SECONDS = 1.0
+_STAMPS: dict[tuple[Path, Path], tuple[float, tuple[tuple[int, int, int], ...]]] = {}
+
+
 def _stamp(path: Path) -> tuple[int, int, int]:
     st = path.stat()
     return (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -175,9 +190,17 @@ def credentials_stamp(ep: SshEndpoint, *, quiet: bool = False) -> tuple[tuple[in
 
     RemoteError(kind="auth") when one cannot be read, or None with ``quiet``.
     """
+    key = (ep.key_file, ep.known_hosts)
+    now = time.monotonic()
+    seen = _STAMPS.get(key)
+    if seen is not None and now - seen[0] < STAMP_MAX_AGE_SECONDS:
+        return seen[1]
     try:
-        return (_stamp(ep.key_file), _stamp(ep.known_hosts))
+        stamp = (_stamp(ep.key_file), _stamp(ep.known_hosts))
+        _STAMPS[key] = (now, stamp)
+        return stamp
     except OSError as exc:
+        _STAMPS.pop(key, None)
         if quiet:
             return None
         raise RemoteError(
@@ -206,29 +229,61 @@ def credentials(ep: SshEndpoint) -> tuple[asyncssh.SSHKnownHosts, Sequence[async
     return known, keys
 
 
+# asyncssh.connect() builds its options in a worker thread on every call (a thread
+# hand-off and a GIL round trip, about a fifth of a probe login's client CPU). With the
+# credentials already parsed there is nothing slow left to build, so the options are
+# built here on the loop and handed to asyncssh's own connect step. That step is
+# internal: its signature is checked once, and anything unexpected uses the public call.
+_ASYNCSSH_CONNECT: Any = getattr(asyncssh.connection, "_connect", None)
+_FAST_CONNECT = _ASYNCSSH_CONNECT is not None and list(
+    inspect.signature(_ASYNCSSH_CONNECT).parameters
+) == ["options", "config", "loop", "flags", "sock", "conn_factory", "msg"]
+
+
+async def _open(host: str, port: int, **kwargs: Any) -> asyncssh.SSHClientConnection:
+    """``asyncssh.connect(host, port=port, config=None, **kwargs)``, without the worker thread."""
+    if not _FAST_CONNECT:
+        return await asyncssh.connect(host, port=port, config=None, **kwargs)
+    loop = asyncio.get_running_loop()
+    options = asyncssh.SSHClientConnectionOptions(
+        None, loop=loop, config=None, host=host, port=port, tunnel=(), family=(), local_addr=(), **kwargs
+    )
+
+    def factory() -> asyncssh.SSHClientConnection:
+        return asyncssh.SSHClientConnection(loop, options, wait="auth")
+
+    conn: asyncssh.SSHClientConnection = await asyncio.wait_for(
+        _ASYNCSSH_CONNECT(options, None, loop, 0, None, factory, "Opening SSH connection to"),
+        timeout=options.connect_timeout,
+    )
+    return conn
+
+
 async def _connect(
     ep: SshEndpoint,
     connect_timeout: float,
     *,
     keepalive_seconds: float = 0.0,
+    light: bool = False,
 ) -> asyncssh.SSHClientConnection:
     """Open an authenticated connection or raise RemoteError saying what went wrong.
 
     ``keepalive_seconds`` > 0 sends SSH keepalives, so a kept connection that died is noticed.
+    ``light`` prefers the cheapest strong algorithms (probe rounds log in every round).
     """
     label = _endpoint_label(ep)
     known, keys = credentials(ep)
+    algs: dict[str, Any] = {"kex_algs": PROBE_KEX_ALGS, "encryption_algs": PROBE_CIPHERS} if light else {}
     try:
         # Every default that could reach outside the config is switched off:
         # no ~/.ssh/config, no agent, no default keys, no password prompts.
         # The pinned keys are an already parsed known_hosts: checking is the same.
-        return await asyncssh.connect(
+        return await _open(
             ep.host,
-            port=ep.port,
+            ep.port,
             username=ep.user,
             known_hosts=known,
             client_keys=keys,
-            config=None,
             agent_path=None,
             agent_forwarding=False,
             password=None,
@@ -240,6 +295,7 @@ async def _connect(
             login_timeout=connect_timeout,
             keepalive_interval=keepalive_seconds,
             keepalive_count_max=3,
+            **algs,
         )
     except asyncssh.HostKeyNotVerifiable as exc:
         raise _host_key_error(ep, exc) from None

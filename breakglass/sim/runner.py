@@ -47,6 +47,7 @@ class SimServer:
         timing: SimTiming | None = None,
         clock: Callable[[], float] = time.time,
         web_port: int | None = None,
+        reconcile_seconds: float = RECONCILE_SECONDS,
     ) -> None:
         if profile not in statedir.PROFILES:
             raise ValueError(f"unknown profile {profile!r}; known: {', '.join(statedir.PROFILES)}")
@@ -56,6 +57,8 @@ class SimServer:
         self.paths = statedir.prepare_dir(state_dir)
         self.timing = timing or SimTiming.profile(profile)  # type: ignore[arg-type]
         self.vm = SimVM(self.timing, vmid=vmid, clock=clock)
+        # A fleet benchmark runs hundreds of VMs that change only when told: it polls less often.
+        self.reconcile_seconds = reconcile_seconds
         self.config: Config | None = None
         self.webhook_token = ""
         self.web_port = web_port or 0
@@ -204,7 +207,7 @@ class SimServer:
                 await self.reconcile()
             except Exception:
                 log.exception("simulator %s: reconcile failed", self.target_name)
-            await asyncio.sleep(RECONCILE_SECONDS)
+            await asyncio.sleep(self.reconcile_seconds)
 
     async def inject(self, fault: str) -> dict[str, Any]:
         """Inject ``fault`` (ValueError names the known ones) and return the new state."""

@@ -1,7 +1,8 @@
 """The SSH connections one target's probe rounds keep open between rounds.
 
-A round makes exactly one new SSH login to the guest: its latency is the
-reading an I/O stall shows first, so it is measured afresh every round. The
+A round makes exactly one new SSH login to the guest: its latency (TCP connect,
+key exchange, authentication) is the reading an I/O stall shows first, so it is
+measured afresh every round. The
 guest readings then run over a kept connection to the guest, and the
 Proxmox ``status`` over a kept connection to the host, both with SSH
 keepalives. A kept connection that died (the guest rebooted, the host
@@ -81,6 +82,7 @@ class Link:
                 self.endpoint,
                 self.settings.connect_timeout_seconds,
                 keepalive_seconds=self.keepalive_seconds,
+                light=True,
             )
         self.handshakes += 1
         conn.set_extra_info(breakglass_stamp=stamp)
@@ -162,20 +164,14 @@ class ProbeLinks:
         """SSH logins made so far, guest and host together."""
         return self.devvm.handshakes + self.pve.handshakes
 
-    async def login(self) -> tuple[asyncssh.SSHClientConnection, CommandResult, float]:
-        """A fresh login to the guest running ``true``: the connection, the result, the seconds."""
-        limit = self.settings.connect_timeout_seconds
+    async def login(self) -> tuple[asyncssh.SSHClientConnection, float]:
+        """A fresh login to the guest: the connection and the seconds connect + login took.
+
+        No command runs on it: the readings that follow run a command on the guest
+        anyway, and a guest that logs in but cannot start one fails them.
+        """
         conn, started = await self.devvm.handshake()
-        try:
-            result = await _run_on(conn, "true", limit, self.settings.output_cap_bytes)
-        except _DEAD as exc:
-            conn.abort()
-            raise RemoteError(
-                f"{_endpoint_label(self.devvm.endpoint)}: SSH error: {exc}", kind="protocol"
-            ) from None
-        if not result.ok:
-            conn.abort()
-        return conn, result, time.monotonic() - started
+        return conn, time.monotonic() - started
 
     async def readings(self, fresh: asyncssh.SSHClientConnection, command: str) -> CommandResult:
         """Run ``command`` on the kept guest connection; ``fresh`` replaces it when it is gone."""

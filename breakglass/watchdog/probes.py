@@ -128,14 +128,7 @@ def readings_from_output(stdout: str, *, complete: bool) -> dict[str, Any]:
 async def _devvm_side(links: ProbeLinks, target: Target, settings: ProbeSettings) -> dict[str, Any]:
     out = dict(_DEVVM_EMPTY)
     try:
-        fresh, login, seconds = await links.login()
-        if login.timed_out:
-            out["ssh_error"] = f"timeout: `true` took over {settings.connect_timeout_seconds:g}s"
-            return out
-        if not login.ok:
-            # Logged in, but the guest cannot run even `true`: not a working SSH.
-            out["ssh_error"] = f"protocol: `true` exited {login.exit_status}"
-            return out
+        fresh, seconds = await links.login()
         out["ssh_login_seconds"] = seconds
         result = await links.readings(fresh, parse.PROBE_COMMAND)
     except RemoteError as exc:
@@ -143,6 +136,7 @@ async def _devvm_side(links: ProbeLinks, target: Target, settings: ProbeSettings
         out["ssh_refused"] = exc.kind == "refused"
         return out
     if result.timed_out:
+        # Logged in, but the guest cannot finish a command: not a working SSH.
         out["ssh_error"] = f"timeout: probe command took over {settings.command_timeout_seconds:g}s"
         return out
     out["ssh_ok"] = True
