@@ -27,7 +27,6 @@ revision REF (extracted with ``git archive``), in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import socket
@@ -45,30 +44,10 @@ from typing import Any
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from simchild import proc_cpu, simulators
 
 REPO = Path(__file__).resolve().parent.parent
-TICK = os.sysconf("SC_CLK_TCK")
 SAMPLE_SECONDS = 5.0
-SIM_RECONCILE_SECONDS = 1.0
-
-
-def serve_sims(count: int, folder: str) -> None:
-    """Child mode: serve ``count`` simulators, print their targets as JSON, run until stdin closes."""
-    from breakglass.sim.runner import SimThread
-
-    with SimThread() as thread:
-        entries = []
-        for i in range(count):
-            sim = thread.serve(
-                Path(folder) / f"vm{i}",
-                "test",
-                target_name=f"vm{i:04d}",
-                vmid=100 + i,
-                reconcile_seconds=SIM_RECONCILE_SECONDS,
-            )
-            entries.append(sim.server.target_entry())
-        print(json.dumps(entries), flush=True)
-        sys.stdin.read()  # the parent closes stdin to stop us
 
 
 def _free_port() -> int:
@@ -82,11 +61,6 @@ def _get(url: str, timeout: float = 60.0) -> tuple[float, bytes]:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         body = resp.read()
     return time.monotonic() - started, body
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def _rss_mib(pid: int) -> float:
@@ -191,7 +165,7 @@ def run_case(
                 time.sleep(0.5)
         time.sleep(args.interval + 10)  # every target has had its first round
         metrics0 = _get(base + "/metrics")[1].decode()
-        cpu0, t0, wall0 = _cpu_seconds(proc.pid), time.time(), time.monotonic()
+        cpu0, t0, wall0 = proc_cpu(proc.pid), time.time(), time.monotonic()
         sampler = Sampler(base)
         sampler.start()
         while time.monotonic() - wall0 < args.duration and proc.poll() is None:
@@ -201,7 +175,7 @@ def run_case(
         if proc.poll() is not None:
             out["died"] = f"serve exited {proc.returncode} during the window"
             return out
-        cpu1, t1, wall1 = _cpu_seconds(proc.pid), time.time(), time.monotonic()
+        cpu1, t1, wall1 = proc_cpu(proc.pid), time.time(), time.monotonic()
         out["rss"] = _rss_mib(proc.pid)
         metrics1 = _get(base + "/metrics")[1].decode()
     finally:
@@ -282,36 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=15.0, help="probe interval (default 15 s)")
     ap.add_argument("--duration", type=float, default=180.0, help="measured window per case (default 180 s)")
     ap.add_argument("--baseline", help="also run the serve of this git revision (e.g. 3585b16)")
-    ap.add_argument("--serve-sims", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.serve_sims:
-        serve_sims(args.serve_sims, args.dir)
-        return 0
     results = []
     with tempfile.TemporaryDirectory(prefix="bg-fleet-") as name:
         tmp = Path(name)
         for n in (int(x) for x in args.targets.split(",") if x):
-            child = subprocess.Popen(
-                [sys.executable, __file__, "--serve-sims", str(n), "--dir", str(tmp / f"sims{n}")],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            try:
-                assert child.stdout is not None
-                entries = json.loads(child.stdout.readline())
+            with simulators(n, tmp / f"sims{n}") as (_, entries):
                 for code in ["HEAD", *([args.baseline] if args.baseline else [])]:
                     results.append(run_case(n, args, tmp, entries, code))
                     print(f"{code} n={n}: done", file=sys.stderr, flush=True)
-            finally:
-                assert child.stdin is not None
-                child.stdin.close()
-                try:
-                    child.wait(60)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
     print_table(results, args)
     return 0
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import resource
 import shutil
 import subprocess
@@ -34,42 +32,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from simchild import proc_cpu, simulators
+
 from breakglass.config import ProbeSettings, Target
 from breakglass.watchdog.links import ProbeLinks
 from breakglass.watchdog.parse import PROBE_COMMAND
 from breakglass.watchdog.probes import probe_target
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def serve(count: int, folder: str) -> None:
-    """Child mode: serve ``count`` simulators, print their targets as JSON, run until stdin closes."""
-    from breakglass.sim.runner import SimThread
-
-    with SimThread() as thread:
-        sims = [
-            thread.serve(
-                Path(folder) / f"vm{i}", "test", target_name=f"vm{i}", vmid=100 + i, reconcile_seconds=1.0
-            )
-            for i in range(count)
-        ]
-        targets = [s.config.targets[0].model_dump(mode="json") for s in sims]
-        probe = sims[0].config.probe.model_dump(mode="json")
-        print(json.dumps({"targets": targets, "probe": probe}), flush=True)
-        sys.stdin.read()  # the parent closes stdin to stop us
-
 
 def _cpu(who: int) -> float:
     ru = resource.getrusage(who)
     return ru.ru_utime + ru.ru_stime
-
-
-def _proc_cpu(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def measure_breakglass(
@@ -86,13 +59,13 @@ def measure_breakglass(
             await asyncio.gather(
                 *(probe_target(t, settings, links=k) for t, k in zip(targets, links, strict=True))
             )
-            cpu0, srv0, wall0, bad = _cpu(resource.RUSAGE_SELF), _proc_cpu(server), time.monotonic(), 0
+            cpu0, srv0, wall0, bad = _cpu(resource.RUSAGE_SELF), proc_cpu(server), time.monotonic(), 0
             for _ in range(rounds):
                 res = await asyncio.gather(
                     *(probe_target(t, settings, links=k) for t, k in zip(targets, links, strict=True))
                 )
                 bad += sum(1 for r in res if not (r.ssh_ok and r.pve_ok))
-            return _cpu(resource.RUSAGE_SELF) - cpu0, _proc_cpu(server) - srv0, time.monotonic() - wall0, bad
+            return _cpu(resource.RUSAGE_SELF) - cpu0, proc_cpu(server) - srv0, time.monotonic() - wall0, bad
         finally:
             await asyncio.gather(*(k.close() for k in links))
 
@@ -175,15 +148,15 @@ def measure_openssh(targets: list[dict[str, Any]], rounds: int, server: int, tmp
 
     async def go() -> tuple[float, float, float, float, int]:
         await asyncio.gather(*(one(i, t) for i, t in enumerate(targets)))  # warm-up
-        m0 = sum(_proc_cpu(m.pid) for m in masters)
-        cpu0, srv0, wall0, bad = _cpu(resource.RUSAGE_CHILDREN), _proc_cpu(server), time.monotonic(), 0
+        m0 = sum(proc_cpu(m.pid) for m in masters)
+        cpu0, srv0, wall0, bad = _cpu(resource.RUSAGE_CHILDREN), proc_cpu(server), time.monotonic(), 0
         for _ in range(rounds):
             bad += sum(await asyncio.gather(*(one(i, t) for i, t in enumerate(targets))))
         cpu = _cpu(resource.RUSAGE_CHILDREN) - cpu0
         return (
             cpu,
-            sum(_proc_cpu(m.pid) for m in masters) - m0,
-            _proc_cpu(server) - srv0,
+            sum(proc_cpu(m.pid) for m in masters) - m0,
+            proc_cpu(server) - srv0,
             time.monotonic() - wall0,
             bad,
         )
@@ -203,33 +176,13 @@ def measure_openssh(targets: list[dict[str, Any]], rounds: int, server: int, tmp
 
 def run_case(count: int, rounds: int, ssh_rounds: int, tmp: str) -> dict[str, Any]:
     """Start ``count`` simulators in a child process and measure both probers against them."""
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(count), "--dir", f"{tmp}/n{count}"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        info = json.loads(child.stdout.readline())
-        targets = [Target.model_validate(t) for t in info["targets"]]
-        settings = ProbeSettings.model_validate(info["probe"]).model_copy(
-            update={
-                "connect_timeout_seconds": 10.0,
-                "command_timeout_seconds": 10.0,
-                "round_timeout_seconds": 30.0,
-            }
+    with simulators(count, Path(tmp) / f"n{count}") as (server, entries):
+        targets = [Target.model_validate(t) for t in entries]
+        settings = ProbeSettings(
+            connect_timeout_seconds=10.0, command_timeout_seconds=10.0, round_timeout_seconds=30.0
         )
-        bg = measure_breakglass(targets, settings, rounds, child.pid)
-        ssh = measure_openssh(info["targets"], ssh_rounds, child.pid, tmp)
-    finally:
-        assert child.stdin is not None
-        child.stdin.close()
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        bg = measure_breakglass(targets, settings, rounds, server)
+        ssh = measure_openssh(entries, ssh_rounds, server, tmp)
     return {"n": count, "rounds": rounds, "ssh_rounds": ssh_rounds, "bg": bg, "ssh": ssh}
 
 
@@ -244,12 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         default=2,
         help="OpenSSH rounds for cases of 100+ targets (slow there; default 2)",
     )
-    ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.serve:
-        serve(args.serve, args.dir)
-        return 0
     if shutil.which("ssh") is None:
         print("the OpenSSH client (ssh) is needed for the baseline", file=sys.stderr)
         return 1
