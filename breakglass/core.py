@@ -33,6 +33,7 @@ from breakglass.watchdog.scheduler import GridScheduler, spread
 
 log = structlog.get_logger("breakglass.core")
 READINGS_FLUSH_SECONDS = 1.0  # how often gathered readings are written, in one transaction
+LOOP_LAG_INTERVAL = 0.1
 T = TypeVar("T")
 
 
@@ -110,6 +111,7 @@ class Core:
         # Readings wait here and are written together (one transaction, one sync) off the loop.
         self._pending: list[Readings] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
         for name in self.targets:
             metrics.init_target(name)
             self._export_budget(name)
@@ -118,6 +120,7 @@ class Core:
 
     async def start(self, *, schedule: bool = True) -> None:
         """Recover the ledger, then start one probe job per target."""
+        self._lag_task = asyncio.create_task(watch_loop_lag(self.metrics), name="loop-lag")
         unknown = self.governor.recover()
         if unknown:
             log.warning("ledger_recovered", unknown_outcomes=unknown)
@@ -146,6 +149,8 @@ class Core:
         if self.scheduler is not None:
             await self.scheduler.stop()
             self.scheduler = None
+        if self._lag_task is not None:
+            self._lag_task.cancel()
         await self.manager.stop()
         if self._flusher is not None:
             self._flusher.cancel()
@@ -323,9 +328,24 @@ class Core:
             m.power_action(target, data["verb"], data["result"])
             self._export_budget(target)
         elif event == "usage":
-            m.agent_usage(target, data["input_tokens"], data["output_tokens"])
+            m.agent_usage(
+                target,
+                data["input_tokens"],
+                data["output_tokens"],
+                data.get("cache_write_tokens", 0),
+                data.get("cache_read_tokens", 0),
+            )
         elif event == "fallback":
             m.agent_fallback(target, data["kind"])
+
+
+async def watch_loop_lag(metrics: Metrics, every: float = LOOP_LAG_INTERVAL) -> None:
+    """Measure, forever, how late the running loop wakes for a timer: work blocking it shows up here."""
+    loop = asyncio.get_running_loop()
+    while True:
+        asked = loop.time()
+        await asyncio.sleep(every)
+        metrics.loop_lag_observed(loop.time() - asked - every)
 
 
 class CoreThread:

@@ -60,7 +60,8 @@ ESCALATION_REASONS = (
 )
 # ok: both sides answered; partial: one did; failed: neither; timeout/error: the round itself broke.
 ROUND_RESULTS = ("ok", "partial", "failed", "timeout", "error")
-TOKEN_DIRECTIONS = ("input", "output")
+# cache_write: input written to the prompt cache; cache_read: input served from it (both billed apart).
+TOKEN_DIRECTIONS = ("input", "output", "cache_write", "cache_read")
 # Why the model agent handed over to the runbook (the agent's fallback kinds).
 FALLBACK_REASONS = (
     "no_api_key",
@@ -70,11 +71,16 @@ FALLBACK_REASONS = (
     "token_budget",
     "wall_clock",
     "max_turns",
+    "refusal",
+    "max_tokens",
+    "stop_reason",
 )
 ALERT_STATUSES = ("firing", "resolved")
 
 PROBE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
 LATENESS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 15.0)
+# The core loop's lag: 100 ms is the promise (no tool may stall the service).
+LOOP_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0)
 INCIDENT_BUCKETS = (30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 21600.0)
 
 
@@ -185,6 +191,12 @@ class Metrics:
         self.alerts_received = counter(
             "alerts_received", "Alertmanager alerts received by the webhook", ("status",)
         )
+        self.loop_lag = Histogram(
+            "breakglass_core_loop_lag_seconds",
+            "How late the core's asyncio loop ran a timer it had scheduled (time blocked by work on it)",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=r,
+        )
         self.build_info = gauge("build_info", "Always 1; the version is a label", ("version",))
         self.build_info.labels(version=__version__).set(1)
 
@@ -285,10 +297,26 @@ class Metrics:
         self.power_budget_remaining.labels(target=target).set(remaining)
         self.power_next_allowed_timestamp.labels(target=target).set(next_allowed_at or 0)
 
-    def agent_usage(self, target: str, input_tokens: int, output_tokens: int) -> None:
-        """Add one model response's token usage."""
-        self.agent_tokens.labels(target=target, direction="input").inc(max(0, input_tokens))
-        self.agent_tokens.labels(target=target, direction="output").inc(max(0, output_tokens))
+    def agent_usage(
+        self,
+        target: str,
+        input_tokens: int,
+        output_tokens: int,
+        cache_write_tokens: int = 0,
+        cache_read_tokens: int = 0,
+    ) -> None:
+        """Add one model response's token usage, prompt-cache writes and reads apart."""
+        for direction, n in (
+            ("input", input_tokens),
+            ("output", output_tokens),
+            ("cache_write", cache_write_tokens),
+            ("cache_read", cache_read_tokens),
+        ):
+            self.agent_tokens.labels(target=target, direction=direction).inc(max(0, n))
+
+    def loop_lag_observed(self, seconds: float) -> None:
+        """Record how late the core loop woke up for one timer."""
+        self.loop_lag.observe(max(0.0, seconds))
 
     def agent_fallback(self, target: str, reason: str) -> None:
         """Count an incident the model handed to the runbook."""

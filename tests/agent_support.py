@@ -12,7 +12,7 @@ import pytest
 from harness import Running, override, start_core, wait_for
 
 from breakglass.agent.llm import system_prompt
-from breakglass.sim.fake_messages import FakeMessagesServer, Script
+from breakglass.sim.fake_messages import FakeMessagesServer, Script, invalid_request
 from breakglass.sim.runner import SimHandle
 
 SCENARIOS = Path(__file__).parent / "scenarios"
@@ -83,7 +83,11 @@ def manual(
 def assert_conversation_is_well_formed(fake: FakeMessagesServer) -> None:
     prompt = system_prompt()
     for n, req in enumerate(fake.requests):
-        assert req["system"] == prompt, f"request {n} lacks the system prompt"
+        assert req["system"] == [
+            {"type": "text", "text": prompt, "cache_control": {"type": "ephemeral"}}
+        ], f"request {n} lacks the cached system prompt"
+        assert req["tools"][-1]["cache_control"] == {"type": "ephemeral"}, f"request {n}: tools not cached"
+        assert invalid_request(req) is None, f"request {n}: the real API would answer 400"
         msgs = req["messages"]
         assert msgs[0]["role"] == "user"
         for prev, cur in itertools.pairwise(msgs):
@@ -92,3 +96,8 @@ def assert_conversation_is_well_formed(fake: FakeMessagesServer) -> None:
             asked = {b["id"] for b in prev["content"] if b["type"] == "tool_use"}
             answered = {b["tool_use_id"] for b in cur["content"] if b["type"] == "tool_result"}
             assert answered == asked, f"request {n}: tool_result ids {answered} != tool_use ids {asked}"
+
+
+def tool_defs(req: dict[str, Any]) -> list[dict[str, Any]]:
+    """A request's tool definitions without the cache breakpoint."""
+    return [{k: v for k, v in t.items() if k != "cache_control"} for t in req["tools"]]

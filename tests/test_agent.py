@@ -7,7 +7,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agent_support import INJECTION, agent_core, assert_conversation_is_well_formed, manual, steps
+from agent_support import (
+    INJECTION,
+    agent_core,
+    assert_conversation_is_well_formed,
+    manual,
+    steps,
+    tool_defs,
+)
 from harness import power_verbs, wait_for
 
 from breakglass.agent.tools import TOOL_SCHEMAS
@@ -28,7 +35,7 @@ def test_the_agent_fixes_an_io_stall_with_forensics_then_cycle(agent_core: Any, 
     assert inc["report"].startswith("Found: QEMU I/O stall")
     assert inc["tokens_in"] > 0
     assert inc["tokens_out"] > 0
-    assert all(req["tools"] == TOOL_SCHEMAS for req in fake.requests)
+    assert all(tool_defs(req) == TOOL_SCHEMAS for req in fake.requests)
     assert all(req["model"] == "claude-sonnet-5-5" for req in fake.requests)
     assert_conversation_is_well_formed(fake)
     assert (
@@ -94,11 +101,11 @@ def test_a_prompt_injection_in_an_alert_changes_neither_tools_nor_budget(
     inc = r.wait_closed(res.incident_id, within=30)
     assert inc["state"] == "resolved"
     first = fake.requests[0]
-    assert INJECTION not in first["system"]
+    assert INJECTION not in json.dumps(first["system"])
     opening = first["messages"][0]["content"]
     assert INJECTION in opening.split("<incident_data>", 1)[1]
     assert "untrusted" in opening.split("<incident_data>", 1)[0]
-    assert all(req["tools"] == TOOL_SCHEMAS for req in fake.requests)
+    assert all(tool_defs(req) == TOOL_SCHEMAS for req in fake.requests)
     assert power_verbs(sim.state()) == []
     assert r.handle.status()["targets"][0]["budget"]["remaining"] == r.cfg.budget.max_actions
 
@@ -135,12 +142,16 @@ def test_an_authentication_error_falls_back_at_once(agent_core: Any) -> None:
     assert "sk-ant-test-key-not-real" not in json.dumps(inc)
 
 
-def test_the_turn_limit_stops_the_loop_with_a_final_call_without_tools(agent_core: Any) -> None:
+def test_the_turn_limit_ends_with_tools_kept_and_tool_choice_none(agent_core: Any) -> None:
     r, fake = agent_core("endless_tools", max_turns=3)
     inc = r.wait_closed(manual(r), within=30)
     assert len(fake.requests) == 3
-    assert "tools" in fake.requests[0]
-    assert "tools" not in fake.requests[-1]
+    assert "tool_choice" not in fake.requests[0]
+    # The history holds tool blocks: the real API refuses a request without tools (400).
+    assert tool_defs(fake.requests[-1]) == TOOL_SCHEMAS
+    assert fake.requests[-1]["tool_choice"] == {"type": "none"}
+    assert steps(inc, "fallback") == []
+    assert_conversation_is_well_formed(fake)
     assert inc["report"]
 
 

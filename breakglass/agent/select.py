@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import structlog
 
+# Imported here, not on first use: this runs on the core loop, and importing the SDK takes seconds.
+from breakglass.agent.llm import AgentRemediator
 from breakglass.agent.runbook import RunbookRemediator
 from breakglass.config import Config, Target
 from breakglass.incidents.context import Remediator
@@ -25,6 +27,4 @@ def remediator_for(cfg: Config, target: Target) -> Remediator:
         if cfg.agent.enabled == "always":
             log.warning("agent_without_key", target=target.name, fallback="runbook")
         return runbook
-    from breakglass.agent.llm import AgentRemediator
-
     return AgentRemediator(cfg.agent, api_key=key, fallback=runbook)

@@ -11,8 +11,9 @@ tool's deadline. The envelope sits in front of ``run``, not in the prompt:
 - ``devvm_shell``: the command line is parsed and judged by
   :mod:`breakglass.agent.guest_commands` (power, sysrq, SSH and network cuts
   refused; unit stops and kills only for ``remediation.hog_allowlist``);
-- file tools stay inside the runbooks folder and run in a worker thread with
-  RE2 (linear time), so nothing a model asks can block the core loop.
+- file tools stay inside the runbooks folder; ``grep`` uses RE2 (linear time)
+  in a child process killed at its deadline, ``read_file``/``glob`` run in a
+  worker thread, so nothing a model asks can block the core loop.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from breakglass.agent import diagnose, guest_commands
-from breakglass.agent.runbook_files import RunbookFiles
+from breakglass.agent.runbook_files import RunbookFiles, grep_in_subprocess
 from breakglass.incidents import policy
 from breakglass.incidents.context import RemediationContext
 from breakglass.remote import POWER_VERBS, RemoteError, Verb, cap_output
@@ -246,7 +247,8 @@ async def _run_grep(box: Toolbox, args: dict[str, Any]) -> ToolResult:
     path = args.get("path")
     if path is not None and not isinstance(path, str):
         raise ValueError("'path' must be a string")
-    hits = await asyncio.to_thread(box.files.grep, _str(args, "pattern"), path)
+    limit = FILE_TOOL_DEADLINE - 1
+    hits = await grep_in_subprocess(box.files.root, _str(args, "pattern"), path, limit)
     return ToolResult("ok", _capped("\n".join(hits) or "(no matches)"))
 
 

@@ -67,6 +67,8 @@ class RemediationContext:
     trigger: str = "rule"
     reason: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
+    # Operator instructions added since the last call, as (who, text); each is returned once.
+    instructions: Callable[[], list[tuple[str, str]]] = field(default=lambda: [])
 
 
 class Remediator(Protocol):

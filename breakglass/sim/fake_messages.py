@@ -16,7 +16,19 @@ Script format::
      "then": "repeat_last"}
 
 A turn's ``stop_reason`` defaults to ``tool_use`` when it has a tool_use
-block, else ``end_turn``; ``usage`` defaults to a size-based estimate. An
+block, else ``end_turn``; a script may set any real value (``refusal``,
+``max_tokens``, ``pause_turn``, ``stop_sequence``). ``needs_max_tokens: N`` on
+a turn plays it cut off (``stop_reason: max_tokens``, tool inputs empty, the
+turn not consumed) while the request's ``max_tokens`` is below N. Several
+``tool_use`` blocks in one turn are parallel tool calls. ``usage`` defaults
+to a size-based estimate; with ``cache_control`` on the system prompt or the
+tools, the first request reports that prefix as ``cache_creation_input_tokens``
+and later ones as ``cache_read_input_tokens``.
+
+Like the real API it answers 400 to a request whose history holds
+``tool_use``/``tool_result`` blocks but that defines no ``tools``, to a
+``tool_result`` that does not answer the previous turn's ``tool_use`` ids, and
+with ``tool_choice: {"type": "none"}`` it never returns a ``tool_use``. An
 error turn answers with the real API's error body and ``retry-after-ms: 1``
 (the SDK ignores a zero and falls back to its own backoff). ``repeat`` on a
 turn plays it that many times; ``"then"`` says what happens after the last
@@ -68,6 +80,15 @@ class Script:
         """Read a script file."""
         return cls(json.loads(Path(path).read_text(encoding="utf-8")))
 
+    def peek_turn(self) -> dict[str, Any]:
+        """Return the turn the next request would play, without consuming it."""
+        with self._lock:
+            if self._pos < len(self._queue):
+                return self._queue[self._pos]
+            if self.then == "error":
+                return {"error": {"status": 500, "message": "script exhausted"}}
+            return self._last
+
     def next_turn(self) -> dict[str, Any]:
         """Return the turn to play for the next request."""
         with self._lock:
@@ -88,6 +109,7 @@ class FakeMessagesServer:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self._ids = itertools.count(1)
+        self._cache_warm = False
         handler = _handler_for(self)
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self._httpd.daemon_threads = True
@@ -114,7 +136,15 @@ class FakeMessagesServer:
 
     def respond(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
         """Play the next scripted turn for a request body."""
-        turn = self.script.next_turn()
+        invalid = invalid_request(body)
+        if invalid is not None:
+            payload = {"type": "error", "error": {"type": "invalid_request_error", "message": invalid}}
+            return 400, payload, {"x-should-retry": "false"}
+        turn = self.script.peek_turn()
+        needs = int(turn.get("needs_max_tokens", 0))
+        cut = bool(needs) and int(body.get("max_tokens", 0)) < needs
+        if not cut:
+            self.script.next_turn()
         if "error" in turn:
             err = turn["error"]
             status = int(err.get("status", 500))
@@ -127,9 +157,12 @@ class FakeMessagesServer:
             if block["type"] == "tool_use":
                 block.setdefault("id", self.new_id("toolu"))
             content.append(block)
+        if cut:
+            content = [{**b, "input": {}} if b["type"] == "tool_use" else b for b in content]
         has_tool = any(b["type"] == "tool_use" for b in content)
-        if has_tool and "tools" not in body:
-            # Called without tools (the final turn): a real model can only answer in text.
+        no_tools = "tools" not in body or (body.get("tool_choice") or {}).get("type") == "none"
+        if has_tool and no_tools:
+            # Tools forbidden (the final turn): a real model can only answer in text.
             content = [b for b in content if b["type"] != "tool_use"] or [
                 {
                     "type": "text",
@@ -137,11 +170,8 @@ class FakeMessagesServer:
                 }
             ]
             has_tool = False
-        stop = turn.get("stop_reason") or ("tool_use" if has_tool else "end_turn")
-        usage = turn.get("usage") or {
-            "input_tokens": max(1, len(json.dumps(body)) // 4),
-            "output_tokens": max(1, len(json.dumps(content)) // 4),
-        }
+        stop = "max_tokens" if cut else turn.get("stop_reason") or ("tool_use" if has_tool else "end_turn")
+        usage = turn.get("usage") or self._usage(body, content)
         msg = {
             "id": self.new_id("msg"),
             "type": "message",
@@ -153,6 +183,50 @@ class FakeMessagesServer:
             "usage": usage,
         }
         return 200, msg, {}
+
+
+    def _usage(self, body: dict[str, Any], content: list[dict[str, Any]]) -> dict[str, int]:
+        total = max(1, len(json.dumps(body)) // 4)
+        usage = {"input_tokens": total, "output_tokens": max(1, len(json.dumps(content)) // 4)}
+        prefix_blocks = [*_as_blocks(body.get("system")), *(body.get("tools") or [])]
+        cached = [b for b in prefix_blocks if "cache_control" in b]
+        if cached:
+            prefix = min(total - 1, len(json.dumps([body.get("system"), body.get("tools")])) // 4)
+            key = "cache_read_input_tokens" if self._cache_warm else "cache_creation_input_tokens"
+            self._cache_warm = True
+            usage[key] = prefix
+            usage["input_tokens"] = total - prefix
+        return usage
+
+
+def _as_blocks(system: Any) -> list[dict[str, Any]]:
+    return [b for b in system if isinstance(b, dict)] if isinstance(system, list) else []
+
+
+def invalid_request(body: dict[str, Any]) -> str | None:
+    """Why the real Messages API would answer 400 to this body, or None."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages: at least one message is required"
+    if messages[0].get("role") != "user":
+        return "messages: the first message must use the user role"
+    blocks = [b for m in messages if isinstance(m.get("content"), list) for b in m["content"]]
+    if "tools" not in body and any(b.get("type") in ("tool_use", "tool_result") for b in blocks):
+        return "Requests which include `tool_use` or `tool_result` blocks must define tools."
+    for prev, cur in itertools.pairwise(messages):
+        asked = {b["id"] for b in _blocks(prev) if b.get("type") == "tool_use"}
+        answered = {b.get("tool_use_id") for b in _blocks(cur) if b.get("type") == "tool_result"}
+        if answered and answered != asked:
+            got = sorted(map(str, answered))
+            return f"tool_result ids {got} do not match the tool_use ids {sorted(asked)}"
+        if asked and prev is not messages[-1] and answered != asked:
+            return f"tool_use ids {sorted(asked)} were found without tool_result blocks immediately after"
+    return None
+
+
+def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
+    content = message.get("content")
+    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
 
 
 def _should_retry(status: int) -> str:
