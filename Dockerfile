@@ -2,7 +2,9 @@
 # breakglass: the watchdog, agent and web page in one process.
 # Build:  docker build -t breakglass:0.1.0 .
 # Run:    config at /etc/breakglass/config.yaml, keys and tokens mounted beside
-#         it (read-only), the SQLite store on a volume at /var/lib/breakglass.
+#         it (read-only, owned by UID 10001), the SQLite store on a volume at
+#         /var/lib/breakglass; the config binds 0.0.0.0 with token auth so a
+#         published port reaches it. Layout and commands: docs/operations.md 4.3.
 
 # --- builder: turn the source tree into wheels (ours and its runtime deps) ---
 FROM python:3.11-slim AS builder

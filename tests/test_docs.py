@@ -185,3 +185,21 @@ def test_the_run_blocks_pass_in_order_against_a_simulator(sim: SimHandle, tmp_pa
     assert len((etc / "tokens" / "web_token").read_text(encoding="utf-8").strip()) == 64
     assert (etc / "ssh" / "pve_ed25519").stat().st_uid == 10001
     assert oct((etc / "ssh" / "pve_ed25519").stat().st_mode & 0o777) == "0o400"
+
+
+def test_the_guide_goes_from_prerequisites_to_live_in_the_order_an_operator_works() -> None:
+    text = GUIDE.read_text(encoding="utf-8")
+    titles = re.findall(r"^## (.+)$", text, re.M)
+    assert titles[:7] == [
+        "1. Prerequisites", "2. The Proxmox side", "3. The devvm side", "4. The watchdog",
+        "5. `breakglass doctor`", "6. A day in dry run", "7. Live",
+    ], titles
+    prerequisites = text.split("## 1. Prerequisites")[1].split("## 2.")[0]
+    assert "qemu-guest-agent" in prerequisites
+    assert "qm set 102 --agent enabled=1" in prerequisites
+    watchdog = text.split("## 4. The watchdog")[1].split("## 5.")[0]
+    for way in ("### 4.2 With systemd", "### 4.3 In a container", "### 4.4 In Kubernetes"):
+        assert way in watchdog
+    assert "port-forward" in watchdog
+    assert "ingress.example.yaml" in watchdog
+    assert "Edit the hosts and the VM id in `deploy/k8s/configmap.yaml`" in watchdog

@@ -76,3 +76,17 @@ def test_a_forced_command_for_another_vm_fails_the_status_line(forced: OpenSshHo
     assert proc.returncode == 1
     status = check_line(proc.stdout, "pve forced command answers")
     assert "it answers for VM 102, the config says 103" in status
+
+
+def test_a_vm_id_the_node_does_not_have_fails_the_status_line_in_qms_words(tmp_path: Path) -> None:
+    host = OpenSshHost(tmp_path / "sshd", vmid=999)
+    try:
+        proc = doctor(host, tmp_path, vmid=999)
+    finally:
+        host.stop()
+    assert proc.returncode == 1
+    status = check_line(proc.stdout, "pve forced command answers")
+    assert status.startswith("  ✗ ")
+    assert "exit status 1" in status
+    assert "999.conf' does not exist" in status
+    assert "VM 999 must exist on this node" in proc.stdout
