@@ -62,6 +62,8 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
+# Building the wheel and installing its dependencies into a fresh venv takes minutes on a busy machine.
+@pytest.mark.timeout(900)
 def test_the_wheel_installs_into_a_fresh_venv_with_its_command_and_data_files(
     wheel_venv: Path, sim: SimHandle
 ) -> None:
@@ -92,6 +94,7 @@ def unit_for(exe: Path, tmp_path: Path) -> Path:
     return unit
 
 
+@pytest.mark.timeout(900)
 def test_the_unit_file_passes_systemd_analyze_verify_with_the_wheels_command(
     wheel_venv: Path, tmp_path: Path
 ) -> None:
