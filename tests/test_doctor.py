@@ -69,6 +69,8 @@ def test_a_healthy_simulator_passes_every_check_and_exits_0(sim: SimHandle) -> N
     [
         ("sudo_password", "devvm `sudo -n true` works", "a password is required",
          "NOPASSWD: ALL' | sudo tee /etc/sudoers.d/breakglass"),
+        ("sudo_missing", "devvm `sudo -n true` works", "sudo: command not found", "apt-get install sudo"),
+        ("sudo_missing", "devvm has the commands", "missing: sudo", "apt-get install"),
         ("command_missing", "devvm has the commands", "missing: journalctl", "apt-get install"),
         ("agent_off", "guest agent of VM 102 answers", "QEMU guest agent is not running",
          "qm set 102 --agent enabled=1"),

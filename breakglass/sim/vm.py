@@ -27,7 +27,9 @@ FAULTS: tuple[str, ...] = (
     "sshd_dead", "load_spike", "vm_paused", "pve_unreachable", "network_partition",
 )
 # Set-up mistakes an operator can make (not faults: clear() keeps them), for `breakglass doctor`.
-MISCONFIGS: tuple[str, ...] = ("sudo_password", "command_missing", "agent_off", "pve_unforced")
+MISCONFIGS: tuple[str, ...] = (
+    "sudo_password", "sudo_missing", "command_missing", "agent_off", "pve_unforced",
+)
 # The command that "command_missing" takes away from the guest.
 MISSING_COMMAND = "journalctl"
 # Faults held as plain flags; every other fault is read off the VM's state.
@@ -215,6 +217,8 @@ class SimVM:
             if self._power == "stopped" or self.guest.boot_id != boot_id:
                 return ExecResult("", "Connection to devvm closed by remote host.\n", 255)
             missing = {MISSING_COMMAND} if "command_missing" in self.misconfigured else set()
+            if "sudo_missing" in self.misconfigured:
+                missing.add("sudo")
             return Session(self.guest, self.clock(), sudo_password="sudo_password" in self.misconfigured,
                            missing=frozenset(missing)).run(command)
 
