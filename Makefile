@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/detection.py
 	$(BIN)/python bench/probe_cost.py
 	$(BIN)/python bench/detection_paths.py
+	$(BIN)/python bench/sse_fanout.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import resource
-import signal
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import structlog
-import waitress
 
 from breakglass.config import Config, WebSettings
 from breakglass.core import Core, CoreThread
@@ -23,6 +20,7 @@ from breakglass.notify import Notifier
 from breakglass.preflight import startup_problems
 from breakglass.store import Store
 from breakglass.web.app import create_app
+from breakglass.web.server import WebServer
 
 log = structlog.get_logger("breakglass.service")
 
@@ -45,20 +43,9 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def make_server(app: Any, web: WebSettings) -> Any:
-    """The waitress server for ``app``: poll(), never select(), so descriptors above 1024 are fine."""
-    return waitress.create_server(
-        app,
-        host=web.bind,
-        port=web.port,
-        threads=web.threads,
-        ident="breakglass",
-        asyncore_use_poll=True,
-    )
-
-
-def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+def make_server(app: Any, web: WebSettings) -> WebServer:
+    """breakglass's server for ``app`` on ``web.bind``:``web.port`` (epoll: descriptors past 1024 work)."""
+    return WebServer(app, host=web.bind, port=web.port, threads=web.threads)
 
 
 def serve(cfg: Config, *, on_ready: Callable[[str], None] | None = None) -> int:
@@ -92,19 +79,20 @@ def serve(cfg: Config, *, on_ready: Callable[[str], None] | None = None) -> int:
         notifier.close()
         store.close()
         return 2
+    # Every committed write wakes the live pages (no polling).
+    store.on_commit(server.hub.changed)
     host = cfg.web.bind if ":" not in cfg.web.bind else f"[{cfg.web.bind}]"
     url = f"http://{host}:{server.effective_port}/"
     notifier.public_url = cfg.web.public_url or url
     log.info("serving", url=url, targets=[t.name for t in cfg.targets], dry_run=cfg.budget.dry_run)
     if on_ready is not None:
         on_ready(url)
-    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        server.run()
+        server.run(handle_signals=True)
+        log.info("stopping")
     except KeyboardInterrupt:
         log.info("stopping")
     finally:
-        signal.signal(signal.SIGTERM, previous)
         server.close()
         thread.stop()
         notifier.close()

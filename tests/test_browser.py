@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import waitress
 from harness import start_core
 
 from breakglass.config import Config
 from breakglass.web.app import create_app
+from breakglass.web.server import WebServer
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -34,7 +34,8 @@ def demo_url(sim) -> Iterator[str]:
     cfg: Config = sim.config.model_copy(update={"demo": True, "sim_control_url": sim.control_url})
     running = start_core(cfg)
     app = create_app(cfg, store=running.store, metrics=running.metrics, core=running.handle)
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=8)
+    server = WebServer(app, host="127.0.0.1", port=0, threads=8)
+    running.store.on_commit(server.hub.changed)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

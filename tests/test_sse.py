@@ -16,6 +16,7 @@ from api_support import TriggerCore, make_app
 from web_support import web_config
 
 from breakglass.store import Store
+from breakglass.web.server import WebServer
 
 
 class Stream:
@@ -57,20 +58,33 @@ class Stream:
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[int, Store]]:
-    """A real waitress server on an ephemeral port with short poll and keepalive intervals."""
+def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, Store]]:
+    """A real server on an ephemeral port with a short keepalive interval.
+
+    By default breakglass's server (what ``serve`` runs): streams on its loop, woken by
+    the store's commits. With ``@pytest.mark.parametrize("served", ["waitress"], indirect=True)``
+    any other WSGI server, where the view polls the store itself.
+    """
     store = Store(tmp_path / "breakglass.db")
     core = TriggerCore(web_config(tmp_path), store)
     app = make_app(core.cfg, store, core)
     app.config.update(SSE_KEEPALIVE_SECONDS=0.2, SSE_POLL_SECONDS=0.05)
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=6)
+    server: Any
+    if getattr(request, "param", "breakglass") == "waitress":
+        server = waitress.create_server(app, host="127.0.0.1", port=0, threads=6)
+    else:
+        server = WebServer(app, host="127.0.0.1", port=0, threads=4)
+        store.on_commit(server.hub.changed)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     yield server.effective_port, store
     server.close()
     thread.join(5)
+    store.close()
 
 
+# Under waitress a stream holds a worker thread until it ends; this one ends by itself.
+@pytest.mark.parametrize("served", ["breakglass", "waitress"], indirect=True)
 def test_new_steps_and_transitions_arrive_and_the_stream_ends_when_the_incident_closes(
     served: tuple[int, Store],
 ) -> None:
@@ -134,3 +148,29 @@ def test_an_unknown_incident_has_no_stream(served: tuple[int, Store]) -> None:
     stream = Stream(port, "/incidents/404/events")
     assert stream.resp.status == 404
     stream.close()
+
+
+def test_many_open_pages_hold_no_worker_thread_and_every_endpoint_still_answers(
+    served: tuple[int, Store],
+) -> None:
+    port, store = served  # breakglass's server with 4 worker threads
+    incident_id, _ = store.open_incident("devvm", "manual", "slow", "local", {})
+    streams = [Stream(port, f"/incidents/{incident_id}/events") for _ in range(32)]
+    streams += [Stream(port, "/events") for _ in range(32)]
+    try:
+        for s in streams:
+            assert s.frame() == ["retry: 3000"]
+        for path in ("/healthz", "/metrics", "/api/v1/status", "/incidents", f"/incidents/{incident_id}"):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", path)
+            assert conn.getresponse().status == 200, path
+            conn.close()
+        # Every one of the 32 incident pages still gets the next step.
+        store.add_step(incident_id, "note", {"text": "seen by all"})
+        for s in streams[:32]:
+            name, _, data = s.next_event()
+            assert name == "step"
+            assert "seen by all" in data["html"]
+    finally:
+        for s in streams:
+            s.close()

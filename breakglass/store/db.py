@@ -33,7 +33,15 @@ class Database:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._on_commit: list[Callable[[], None]] = []
         self._migrate()
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every committed write, in the writing thread; it must not block.
+
+        Live pages use it to wake their streams instead of polling the store.
+        """
+        self._on_commit.append(listener)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -62,6 +70,8 @@ class Database:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        for listener in self._on_commit:
+            listener()
 
     def _migrate(self) -> None:
         with self._tx() as conn:

@@ -18,7 +18,15 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 
 from breakglass.web import api, health, pages, sse, webhook
 from breakglass.web.auth import init_auth
-from breakglass.web.context import EXTENSION, ApiError, CoreHandle, WebContext, error_response, web_context
+from breakglass.web.context import (
+    EXTENSION,
+    MAX_BODY_BYTES,
+    ApiError,
+    CoreHandle,
+    WebContext,
+    error_response,
+    web_context,
+)
 
 if TYPE_CHECKING:
     from breakglass.config import Config
@@ -41,8 +49,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
 }
-# Request bodies are small JSON documents or form posts; anything larger is refused with 413.
-MAX_BODY_BYTES = 1024 * 1024
 
 
 def create_app(

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from breakglass.store import Store
 
 EXTENSION = "breakglass"
+# Request bodies are small JSON documents or form posts; anything larger is refused with 413.
+MAX_BODY_BYTES = 1024 * 1024
 # SQLite integers are signed 64-bit; a larger id cannot exist and must never reach the driver.
 MAX_ID = 2**63 - 1
 # The URL rule for an id: Werkzeug answers 404 itself for anything above MAX_ID.

@@ -1,28 +1,44 @@
 """Server-Sent Events: an incident's new steps and transitions, and index-level changes.
 
-Each stream polls the store (by step id) every ``POLL_SECONDS`` and holds one
-waitress thread while open, which is why ``web.threads`` defaults to 16.
+What a stream sends is defined here once: :func:`load_incident` and
+:func:`incident_frames` for an incident page, :func:`status_snapshot` for the
+index. Two ways deliver it:
+
+- under breakglass's own server (:mod:`breakglass.web.server`, what ``serve``
+  runs) the view only checks the request and its ids, then hands a feed
+  description to the server, which streams it from the event loop
+  (:mod:`breakglass.web.live`), woken by the store's commits: an open page
+  holds no worker thread;
+- under any other WSGI server (tests, embedding) the view streams itself,
+  polling every ``SSE_POLL_SECONDS`` and holding one worker thread per page.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, render_template, request, stream_with_context
 
 from breakglass.web.context import ID_RULE, web_context
+from breakglass.web.humanize import clock, duration
 
 bp = Blueprint("sse", __name__)
 
 POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
 RETRY_MILLISECONDS = 3000
+RETRY_FRAME = f"retry: {RETRY_MILLISECONDS}\n\n"
+KEEPALIVE_FRAME = ": keepalive\n\n"
+# The environ key under which breakglass's server offers to stream a feed itself.
+DEFER_KEY = "breakglass.stream"
 
 
-def _keepalive() -> float:
+def keepalive_seconds() -> float:
+    """Seconds of silence before a comment line keeps proxies from closing the stream."""
     return float(current_app.config.get("SSE_KEEPALIVE_SECONDS", KEEPALIVE_SECONDS))
 
 
@@ -36,76 +52,85 @@ def event(name: str, data: dict[str, Any], event_id: str | None = None) -> str:
     return f"{head}event: {name}\ndata: {json.dumps(data, default=str)}\n\n"
 
 
-def _stream(frames: Iterator[str]) -> Response:
-    resp = Response(stream_with_context(frames), mimetype="text/event-stream")
-    resp.headers["X-Accel-Buffering"] = "no"
-    return resp
+@dataclass
+class IncidentFeed:
+    """One incident's stream, resuming after ``step_id``/``n_trans`` (-1: after what the page shows)."""
+
+    incident_id: int
+    step_id: int
+    n_trans: int
+    keepalive: float
 
 
-@bp.get(f"/incidents/<{ID_RULE}:incident_id>/events")
-def incident_events(incident_id: int) -> Response:
-    """New steps and transitions of one incident until it closes; resumes after Last-Event-ID."""
-    store = web_context().store
-    if store.get_incident(incident_id) is None:
-        abort(404)
-    # The event id is "<steps seen>.<transitions seen>" so a reconnect resumes where it left off.
-    last = request.headers.get("Last-Event-ID", "")
-    try:
-        step_id, n_trans = (int(x) for x in last.split(".")) if last else (-1, -1)
-    except ValueError:
-        step_id, n_trans = -1, -1
-    keepalive, poll = _keepalive(), _poll()
+@dataclass(frozen=True)
+class StatusFeed:
+    """The index's stream: a ``status`` event whenever any target's summary changes."""
 
-    def frames() -> Iterator[str]:
-        nonlocal step_id, n_trans
-        yield f"retry: {RETRY_MILLISECONDS}\n\n"
-        quiet_since = time.monotonic()
-        while True:
-            inc = store.get_incident(incident_id)
-            if inc is None:
-                return
-            if step_id < 0:
-                # A fresh page already shows what is stored; send only what comes next.
-                step_id = inc["steps"][-1]["id"] if inc["steps"] else 0
-                n_trans = len(inc["transitions"])
-            sent = False
-            for t in inc["transitions"][n_trans:]:
-                n_trans += 1
-                yield event(
-                    "transition",
-                    {**t, "html": render_template("_transition.html", t=t)},
-                    f"{step_id}.{n_trans}",
-                )
-                sent = True
-            for s in inc["steps"]:
-                if s["id"] > step_id:
-                    step_id = s["id"]
-                    yield event(
-                        "step",
-                        {"id": s["id"], "html": render_template("_step.html", s=s)},
-                        f"{step_id}.{n_trans}",
-                    )
-                    sent = True
-            if inc["closed_at"] is not None:
-                yield event(
-                    "closed",
-                    {"state": inc["state"], "report": inc.get("report") or ""},
-                    f"{step_id}.{n_trans}",
-                )
-                return
-            now = time.monotonic()
-            if sent:
-                quiet_since = now
-            elif now - quiet_since >= keepalive:
-                # A comment line keeps proxies and the browser from timing the stream out.
-                yield ": keepalive\n\n"
-                quiet_since = now
-            time.sleep(poll)
-
-    return _stream(frames())
+    keepalive: float
 
 
-def _snapshot() -> dict[str, Any]:
+def load_incident(incident_id: int, rendered: dict[Any, str] | None = None) -> dict[str, Any] | None:
+    """The stored incident with each step and transition rendered as HTML (needs an app context).
+
+    Steps and transitions never change once written, so ``rendered`` (kept by the
+    caller) saves rendering them again on every refresh.
+    """
+    inc = web_context().store.get_incident(incident_id)
+    if inc is None:
+        return None
+    cache: dict[Any, str] = {} if rendered is None else rendered
+    for s in inc["steps"]:
+        key = ("step", s["id"])
+        if key not in cache:
+            cache[key] = render_template("_step.html", s=s)
+        s["html"] = cache[key]
+    for i, t in enumerate(inc["transitions"]):
+        key = ("transition", i)
+        if key not in cache:
+            cache[key] = render_template("_transition.html", t=t)
+        t["html"] = cache[key]
+    return inc
+
+
+def start_after_shown(inc: dict[str, Any], feed: IncidentFeed) -> None:
+    """A feed without a resume point starts after what ``inc`` holds: a fresh page already shows it."""
+    if feed.step_id < 0:
+        feed.step_id = inc["steps"][-1]["id"] if inc["steps"] else 0
+        feed.n_trans = len(inc["transitions"])
+
+
+def incident_frames(inc: dict[str, Any], feed: IncidentFeed) -> tuple[list[str], bool]:
+    """The frames ``feed`` has not seen yet (advancing it), and whether the incident has closed."""
+    start_after_shown(inc, feed)
+    frames: list[str] = []
+    for t in inc["transitions"][feed.n_trans :]:
+        feed.n_trans += 1
+        data = {k: v for k, v in t.items() if k != "html"}
+        frames.append(event("transition", {**data, "html": t["html"]}, f"{feed.step_id}.{feed.n_trans}"))
+    for s in inc["steps"]:
+        if s["id"] > feed.step_id:
+            feed.step_id = s["id"]
+            frames.append(event("step", {"id": s["id"], "html": s["html"]}, f"{feed.step_id}.{feed.n_trans}"))
+    closed = inc["closed_at"] is not None
+    if closed:
+        frames.append(event("closed", closed_summary(inc), f"{feed.step_id}.{feed.n_trans}"))
+    return frames, closed
+
+
+def closed_summary(inc: dict[str, Any]) -> dict[str, Any]:
+    """What the page updates in place when the incident closes: state, times, report."""
+    opened, closed = inc["opened_at"], inc["closed_at"]
+    return {
+        "state": inc["state"],
+        "report": inc.get("report") or "",
+        "closed_at": closed,
+        "closed_text": clock(closed),
+        "duration": duration(closed - opened) if closed is not None else None,
+    }
+
+
+def status_snapshot() -> dict[str, Any]:
+    """Each target's summary as the index shows it; equal snapshots mean nothing to redraw."""
     ctx = web_context()
     try:
         targets = ctx.core.status()["targets"]
@@ -117,28 +142,92 @@ def _snapshot() -> dict[str, Any]:
             "incident": (t["incident"] or {}).get("id"),
             "state": (t["incident"] or {}).get("state"),
             "silenced": bool(t.get("silence")),
+            "health": (t.get("activity") or {}).get("health"),
+            "doing": (t.get("activity") or {}).get("text"),
         }
         for t in targets
     }
 
 
-@bp.get("/events")
-def index_events() -> Response:
-    """A ``status`` event whenever a target's conditions or incident change (the index reloads its parts)."""
-    keepalive, poll = _keepalive(), _poll()
+def _stream(frames: Iterator[str]) -> Response:
+    resp = Response(stream_with_context(frames), mimetype="text/event-stream")
+    resp.headers["X-Accel-Buffering"] = "no"
+    return resp
+
+
+def _deferred(feed: IncidentFeed | StatusFeed) -> Response | None:
+    """Hand the feed to breakglass's server when it offers to stream it; None under other servers."""
+    defer: Callable[[object], None] | None = request.environ.get(DEFER_KEY)
+    if defer is None:
+        return None
+    defer(feed)
+    return _stream(iter(()))
+
+
+@bp.get(f"/incidents/<{ID_RULE}:incident_id>/events")
+def incident_events(incident_id: int) -> Response:
+    """New steps and transitions of one incident until it closes; resumes after Last-Event-ID."""
+    inc = web_context().store.get_incident(incident_id)
+    if inc is None:
+        abort(404)
+    # The event id is "<steps seen>.<transitions seen>" so a reconnect resumes where it left off.
+    last = request.headers.get("Last-Event-ID", "")
+    try:
+        step_id, n_trans = (int(x) for x in last.split(".")) if last else (-1, -1)
+    except ValueError:
+        step_id, n_trans = -1, -1
+    feed = IncidentFeed(incident_id, step_id, n_trans, keepalive_seconds())
+    # Without a resume point the cursor is what exists now, not whenever the stream first reads.
+    start_after_shown(inc, feed)
+    deferred = _deferred(feed)
+    if deferred is not None:
+        return deferred
+    poll = _poll()
 
     def frames() -> Iterator[str]:
-        yield f"retry: {RETRY_MILLISECONDS}\n\n"
+        yield RETRY_FRAME
+        quiet_since = time.monotonic()
+        while True:
+            inc = load_incident(incident_id)
+            if inc is None:
+                return
+            sent, closed = incident_frames(inc, feed)
+            yield from sent
+            if closed:
+                return
+            now = time.monotonic()
+            if sent:
+                quiet_since = now
+            elif now - quiet_since >= feed.keepalive:
+                # A comment line keeps proxies and the browser from timing the stream out.
+                yield KEEPALIVE_FRAME
+                quiet_since = now
+            time.sleep(poll)
+
+    return _stream(frames())
+
+
+@bp.get("/events")
+def index_events() -> Response:
+    """A ``status`` event whenever a target's conditions, activity or incident change."""
+    feed = StatusFeed(keepalive_seconds())
+    deferred = _deferred(feed)
+    if deferred is not None:
+        return deferred
+    poll = _poll()
+
+    def frames() -> Iterator[str]:
+        yield RETRY_FRAME
         previous: dict[str, Any] | None = None
         quiet_since = time.monotonic()
         while True:
-            snap = _snapshot()
+            snap = status_snapshot()
             now = time.monotonic()
             if snap != previous:
                 yield event("status", snap)
                 previous, quiet_since = snap, now
-            elif now - quiet_since >= keepalive:
-                yield ": keepalive\n\n"
+            elif now - quiet_since >= feed.keepalive:
+                yield KEEPALIVE_FRAME
                 quiet_since = now
             time.sleep(poll)
 
