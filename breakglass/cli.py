@@ -65,7 +65,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_trigger(args: argparse.Namespace) -> int:
     from breakglass.web.client import trigger_command
 
-    return trigger_command(_load(args.config), target=args.target, reason=args.reason)
+    return trigger_command(
+        _load(args.config), target=args.target, reason=args.reason, authorize_power=args.authorize_power
+    )
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
@@ -109,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-c", "--config", required=True)
     s.add_argument("--target", default=None, help="target name (default: the only one)")
     s.add_argument("--reason", required=True)
+    s.add_argument(
+        "--authorize-power",
+        action="store_true",
+        help="allow a power verb although the VM still answers SSH (recorded as you)",
+    )
     s.set_defaults(func=_cmd_trigger)
 
     s = sub.add_parser("sim", help="run the devvm + Proxmox simulator, or drive a running one")

@@ -459,6 +459,10 @@ class CoreHandle:
         """Grant exactly one extra power action for ``target``."""
         return self.call(_as_coro(lambda: self._core.governor.grant(target, who, why)))
 
+    def instruct(self, incident_id: int, who: str, text: str) -> int:
+        """Add an operator instruction to an active incident (see IncidentManager.instruct)."""
+        return self.call(_as_coro(lambda: self._core.manager.instruct(incident_id, who, text)))
+
     @property
     def core(self) -> Core:
         """The core itself, for code already running on its loop."""

@@ -11,7 +11,7 @@ from web_support import StoreCore
 
 from breakglass.config import Config
 from breakglass.core import CoreUnavailable
-from breakglass.incidents.manager import TriggerResult
+from breakglass.incidents.manager import POWER_AUTHORIZED_BY, TriggerResult
 from breakglass.metrics import Metrics
 from breakglass.store import Store
 from breakglass.web.app import create_app
@@ -57,6 +57,7 @@ class TriggerCore(StoreCore):
         who: str,
         evidence: dict[str, Any] | None = None,
         alert: str | None = None,
+        authorize_power: bool = False,
     ) -> TriggerResult:
         """Open or attach in the store, as the manager does; CoreUnavailable when switched off."""
         if not self.is_alive:
@@ -69,8 +70,22 @@ class TriggerCore(StoreCore):
                 target, alert, trigger, reason, who, evidence or {}
             )
             return TriggerResult(incident_id, outcome == "opened", duplicate=outcome == "duplicate")
-        incident_id, created = self.store.open_incident(target, trigger, reason, who, evidence or {})
+        evidence = dict(evidence or {})
+        if authorize_power:
+            evidence[POWER_AUTHORIZED_BY] = who
+        incident_id, created = self.store.open_incident(target, trigger, reason, who, evidence)
         return TriggerResult(incident_id, created)
+
+    def instruct(self, incident_id: int, who: str, text: str) -> int:
+        """Record the instruction as the manager does; KeyError/ValueError for unknown/closed."""
+        if not self.is_alive:
+            raise CoreUnavailable("the core loop is not running")
+        inc = self.store.get_incident(incident_id)
+        if inc is None:
+            raise KeyError(incident_id)
+        if inc["closed_at"] is not None:
+            raise ValueError(f"incident #{incident_id} is {inc['state']}, no longer active")
+        return self.store.add_step(incident_id, "operator_instruction", {"who": who, "text": text})
 
     def grant(self, target: str, who: str, why: str) -> int:
         """Record the grant in the store's ledger."""

@@ -251,6 +251,9 @@ WRITES: list[tuple[str, Any, bool]] = [
     ("/api/v1/silences", {"target": "devvm", "reason": "x", "duration_seconds": 60}, True),
     ("/api/v1/silences", {"target": "devvm", "reason": "x"}, True),
     ("/api/v1/targets/devvm/grant", {"why": "one more"}, True),
+    ("/api/v1/incidents/1/instructions", {"text": "leave postgres running"}, True),
+    ("/api/v1/incidents/1/instructions", {}, True),
+    ("/api/v1/incidents/4242/instructions", {"text": "x"}, True),
     ("/api/v1/targets/devvm/grant", {}, True),
     (
         "/api/v1/alertmanager",
@@ -286,6 +289,7 @@ def test_write_answers_match_their_documented_schemas(doc: dict[str, Any], tmp_p
             headers = {"Authorization": f"Bearer {token}"} if authorised else {}
             r = client.post(path, json=body, headers=headers)
             template = re.sub(r"/targets/[^/]+/", "/targets/{name}/", path)
+            template = re.sub(r"/incidents/\d+/", "/incidents/{id}/", template)
             check_against_doc(doc, "post", template, r.status_code, r.json)
         r = client.get("/api/v1/silences")
         check_against_doc(doc, "get", "/api/v1/silences", r.status_code, r.json)

@@ -62,6 +62,7 @@ def remediate(
     *,
     conditions: tuple[str, ...] = (),
     devvm: SshEndpoint | None = None,
+    instructions: list[tuple[str, str]] | None = None,
 ) -> Ran:
     """Build the context the incident manager would and run the runbook once."""
     cfg = cfg or sim.config
@@ -95,6 +96,7 @@ def remediate(
         record=lambda kind, data: store.add_step(incident, kind, data),
         latest=None,
         conditions=conditions,
+        instructions=lambda: instructions or [],
     )
     started = time.monotonic()
     result = asyncio.run(RunbookRemediator().remediate(ctx))
@@ -224,6 +226,13 @@ def test_an_unreachable_proxmox_host_with_a_healthy_vm_escalates_without_a_verb(
     assert ran.result.escalation == "pve_unreachable"
     assert ran.result.found == "Proxmox host unreachable; the VM answers; no power action"
     assert power_verbs(ran.state) == []
+
+
+def test_an_operator_instruction_is_recorded_by_the_runbook(sim: SimHandle, real_store: Store) -> None:
+    ran = remediate(sim, real_store, instructions=[("viktor", "leave postgres running")])
+    noted = [s["data"] for s in ran.steps if s["data"].get("decision") == "note the operator's instruction"]
+    assert [n["evidence"] for n in noted] == [{"who": "viktor", "instruction": "leave postgres running"}]
+    assert "noted viktor's instruction: leave postgres running" in ran.result.did
 
 
 def test_a_healthy_vm_needs_nothing(sim: SimHandle, real_store: Store) -> None:

@@ -75,6 +75,13 @@ def test_trigger_opens_an_incident_then_attaches_to_it(served: SimHandle) -> Non
     assert inc["who"].startswith("api")
 
 
+def test_trigger_can_authorize_a_power_verb_and_says_who(served: SimHandle) -> None:
+    r = _run("trigger", "-c", str(served.config_path), "--reason", "frozen desktop", "--authorize-power")
+    assert r.returncode == 0, r.stderr
+    inc = _get(f"{api_base(served.config)}/api/v1/incidents/{int(r.stdout.split()[2])}")
+    assert inc["evidence"]["power_authorized_by"].startswith("api")
+
+
 def test_trigger_with_an_unknown_target_exits_2(served: SimHandle) -> None:
     r = _run("trigger", "-c", str(served.config_path), "--target", "ghost", "--reason", "x")
     assert r.returncode == 2

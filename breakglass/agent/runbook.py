@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import shlex
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from breakglass.agent import diagnose
@@ -85,9 +85,26 @@ class RunbookRemediator:
         """Work one incident; never raises for expected remote failures."""
         work = _Work()
         try:
-            return await self._in_guest(ctx, work)
+            result = await self._in_guest(ctx, work)
         except _SshDown as down:
-            return await self._from_host(ctx, work, down)
+            result = await self._from_host(ctx, work, down)
+        return self._noted(ctx, result)
+
+    def _noted(self, ctx: RemediationContext, result: RemediationResult) -> RemediationResult:
+        """Operator instructions reach the runbook too: it records them (it follows its fixed procedure)."""
+        said = ctx.instructions()
+        if not said:
+            return result
+        for who, text in said:
+            self._decide(
+                ctx,
+                "note the operator's instruction",
+                "the runbook follows its fixed procedure; a person or the model agent acts on free text",
+                who=who,
+                instruction=text,
+            )
+        notes = tuple(f"noted {who}'s instruction: {text[:120]}" for who, text in said)
+        return replace(result, did=(*result.did, *notes))
 
     # -- recording -------------------------------------------------------
 

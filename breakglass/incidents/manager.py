@@ -71,6 +71,8 @@ class IncidentManager:
         self._on_power = on_power
         self._clock = clock
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        # Operator instructions not yet handed to the incident's remediator, by incident.
+        self._instructions: dict[int, list[tuple[str, str]]] = {}
 
     # -- opening ---------------------------------------------------------
 
@@ -135,6 +137,23 @@ class IncidentManager:
             self.observers.emit("attached", {"incident": incident_id, "target": target, "trigger": trigger})
         return TriggerResult(incident_id, created)
 
+    def instruct(self, incident_id: int, who: str, text: str) -> int:
+        """Add a person's instruction to an active incident; its step id.
+
+        The instruction is recorded as an ``operator_instruction`` step and handed to
+        the remediator before its next turn (the agent sees it as the operator's).
+        KeyError for an unknown incident, ValueError for a closed one.
+        """
+        inc = self.store.get_incident(incident_id)
+        if inc is None:
+            raise KeyError(f"no incident #{incident_id}")
+        if inc["closed_at"] is not None:
+            raise ValueError(f"incident #{incident_id} is {inc['state']}, no longer active")
+        step = self.store.add_step(incident_id, "operator_instruction", {"who": who, "text": text})
+        self._instructions.setdefault(incident_id, []).append((who, text))
+        log.info("operator_instruction", incident=incident_id, who=who)
+        return step
+
     async def wait_idle(self, limit: float | None = None) -> None:
         """Wait until every running incident task has finished (tests and shutdown)."""
         tasks = [t for t in self._tasks.values() if not t.done()]
@@ -161,6 +180,7 @@ class IncidentManager:
             self.close(incident_id, "failed", f"internal error: {type(exc).__name__}: {exc}")
         finally:
             self._tasks.pop(incident_id, None)
+            self._instructions.pop(incident_id, None)
 
     async def _work_unguarded(self, incident_id: int) -> None:
         inc = self.store.get_incident(incident_id)
@@ -204,6 +224,7 @@ class IncidentManager:
             trigger=inc["trigger"],
             reason=inc.get("reason") or "",
             evidence=inc.get("evidence") or {},
+            instructions=lambda: self._instructions.pop(incident_id, []),
         )
         budget = self.cfg.agent.wall_clock_seconds + 2 * self.cfg.incidents.verify_timeout_seconds
         try:

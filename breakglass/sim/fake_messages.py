@@ -25,6 +25,8 @@ to a size-based estimate; with ``cache_control`` on the system prompt or the
 tools, the first request reports that prefix as ``cache_creation_input_tokens``
 and later ones as ``cache_read_input_tokens``.
 
+``delay_s`` on a turn makes the answer wait that long (a slow model).
+
 Like the real API it answers 400 to a request whose history holds
 ``tool_use``/``tool_result`` blocks but that defines no ``tools``, to a
 ``tool_result`` that does not answer the previous turn's ``tool_use`` ids, and
@@ -44,6 +46,7 @@ import argparse
 import itertools
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -145,6 +148,8 @@ class FakeMessagesServer:
         cut = bool(needs) and int(body.get("max_tokens", 0)) < needs
         if not cut:
             self.script.next_turn()
+        if turn.get("delay_s"):
+            time.sleep(float(turn["delay_s"]))  # a slow model: lets a test act while it "thinks"
         if "error" in turn:
             err = turn["error"]
             status = int(err.get("status", 500))

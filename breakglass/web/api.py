@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -165,6 +166,8 @@ class TriggerBody(_Body):
 
     target: StrictStr = Field(pattern=TARGET_NAME.pattern)
     reason: StrictStr = Field(min_length=1, max_length=MAX_TEXT)
+    # Lets the evidence policy allow a power verb while the guest still answers SSH.
+    authorize_power: StrictBool = False
 
 
 class SilenceBody(_Body):
@@ -221,7 +224,12 @@ def create_incident() -> Any:
     who = current_user()
     res = _core_call(
         lambda: web_context().core.trigger(
-            target, trigger=source, reason=body.reason, who=who, evidence={"note": body.reason}
+            target,
+            trigger=source,
+            reason=body.reason,
+            who=who,
+            evidence={"note": body.reason},
+            authorize_power=body.authorize_power,
         )
     )
     log.info("manual_trigger", target=target, who=who, incident=res.incident_id, created=res.created)

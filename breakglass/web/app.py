@@ -16,7 +16,7 @@ import structlog
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from breakglass.web import api, health, pages, sse, webhook
+from breakglass.web import api, health, instructions, pages, sse, webhook
 from breakglass.web.auth import init_auth
 from breakglass.web.context import (
     EXTENSION,
@@ -73,6 +73,7 @@ def create_app(
     app.register_blueprint(webhook.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(sse.bp)
+    app.register_blueprint(instructions.bp)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)

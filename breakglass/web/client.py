@@ -52,7 +52,7 @@ def post_json(url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[
     return status, answer if isinstance(answer, dict) else {}
 
 
-def trigger_command(cfg: Config, *, target: str | None, reason: str) -> int:
+def trigger_command(cfg: Config, *, target: str | None, reason: str, authorize_power: bool = False) -> int:
     """Ask the running service to open an incident; exit 0 ok, 1 unreachable or 5xx, 2 bad usage."""
     name = _default_target(cfg, target)
     if name is None:
@@ -75,7 +75,10 @@ def trigger_command(cfg: Config, *, target: str | None, reason: str) -> int:
     with contextlib.suppress(OSError, KeyError):
         headers["X-Breakglass-User"] = getpass.getuser()
     try:
-        status, answer = post_json(url, {"target": name, "reason": reason}, headers)
+        body: dict[str, Any] = {"target": name, "reason": reason}
+        if authorize_power:
+            body["authorize_power"] = True
+        status, answer = post_json(url, body, headers)
     except (OSError, urllib.error.URLError) as exc:
         print(f"breakglass: the service at {api_base(cfg)} is unreachable: {exc}", file=sys.stderr)
         return 1

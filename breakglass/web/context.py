@@ -53,16 +53,26 @@ class CoreHandle(Protocol):
         who: str,
         evidence: dict[str, Any] | None = None,
         alert: str | None = None,
+        authorize_power: bool = False,
     ) -> Any:
         """Open or attach an incident; a TriggerResult. Raises CoreUnavailable when the core is down.
 
         ``alert`` (a firing alert's fingerprint) is recorded with the incident atomically;
         a copy while that incident is active comes back with ``duplicate`` set.
+        ``authorize_power`` (a person's manual trigger only) lets the evidence policy
+        allow a power verb on a guest that still answers SSH.
         """
         ...
 
     def grant(self, target: str, who: str, why: str) -> int:
         """Grant one extra power action for ``target``; the grant's id."""
+        ...
+
+    def instruct(self, incident_id: int, who: str, text: str) -> int:
+        """Add an operator instruction to an active incident; the step's id.
+
+        KeyError for an unknown incident, ValueError for a closed one.
+        """
         ...
 
 

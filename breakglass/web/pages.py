@@ -185,8 +185,11 @@ def break_glass() -> Response:
     ctx = web_context()
     target = _target_or_400(request.form.get("target", ""))
     note = request.form.get("note", "").strip()[:2000] or "break glass from the page"
+    authorize = request.form.get("authorize_power") == "yes"
     try:
-        result = ctx.core.trigger(target, trigger="manual", reason=note, who=current_user(), evidence={})
+        result = ctx.core.trigger(
+            target, trigger="manual", reason=note, who=current_user(), evidence={}, authorize_power=authorize
+        )
     except Exception as exc:
         abort(503, f"the core did not take the trigger: {exc}")
     if getattr(result, "incident_id", None):
