@@ -32,6 +32,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/probe_cost.py
 	$(BIN)/python bench/detection_paths.py
 	$(BIN)/python bench/sse_fanout.py
+	$(BIN)/python bench/loop_lag.py
+	$(BIN)/python bench/agent_eval.py --fake tests/scenarios
 
 clean:
 	rm -rf $(VENV) build *.egg-info
