@@ -218,11 +218,17 @@ class Core:
         if ev.fired or (ev.active and active is None):
             conditions = ev.fired or ev.active
             reason = "; ".join(ev.detail.get(c, c) for c in conditions)
+            # When the first bad round was seen: the page's "time to detect" starts there.
+            since = [s for c in conditions if (s := ev.state.condition(c).bad_since) is not None]
             await self.trigger(
                 readings.target,
                 trigger="rule",
                 reason=reason,
-                evidence={"conditions": list(ev.active), "readings": readings.to_dict()},
+                evidence={
+                    "conditions": list(ev.active),
+                    "readings": readings.to_dict(),
+                    "bad_since": min(since) if since else None,
+                },
             )
         return readings
 

@@ -138,7 +138,7 @@ def test_hostile_step_text_and_command_output_show_as_text(client: FlaskClient, 
         assert "<script>alert" not in html, path
     html = client.get(f"/incidents/{incident_id}").get_data(as_text=True)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert "<details><summary>output</summary>" in html  # long output is folded
+    assert '<details class="output"><summary>output' in html  # long output is folded
 
 
 def test_the_incident_page_shows_trigger_transitions_steps_tokens_and_report(
@@ -228,3 +228,68 @@ def test_durations_and_clock_times_read_as_a_person_says_them() -> None:
     day = 1_796_116_695.35  # 2026-12-01T09:18:15Z
     assert clock(day, now=day + 60) == "09:18:15 UTC"
     assert clock(day, now=day + 3 * 86400) == "Dec 1 09:18 UTC"
+
+
+def test_an_incident_page_reads_as_sentences_with_commands_refusals_and_json_behind_a_disclosure(
+    client: FlaskClient, store: Store
+) -> None:
+    incident_id, _ = store.open_incident("devvm", "rule", "vm stopped", "watchdog", {"bad_since": None})
+    store.add_step(incident_id, "agent_text", {"text": "The VM looks stopped; checking the host."})
+    store.add_step(
+        incident_id, "tool_call", {"id": "t1", "name": "devvm_shell", "input": {"command": "uptime"}}
+    )
+    store.add_step(
+        incident_id, "tool_result", {"id": "t1", "name": "devvm_shell", "status": "ok", "output": "up 3 days"}
+    )
+    store.add_step(
+        incident_id, "policy", {"command": "reboot", "allowed": False, "reason": "powers off the guest"}
+    )
+    store.add_step(
+        incident_id,
+        "decision",
+        {
+            "decision": "remediation escalate",
+            "found": "budget spent",
+            "escalation": None,
+            "next_allowed_at": 1796116695.35,
+        },
+    )
+    html = client.get(f"/incidents/{incident_id}").get_data(as_text=True)
+    assert "agent says" in html
+    assert "The VM looks stopped; checking the host." in html
+    assert "<code>$ uptime</code>" in html
+    assert '<details class="output"><summary>output (1 line)</summary><pre>up 3 days</pre>' in html
+    assert "refused reboot" in html
+    assert "powers off the guest" in html
+    assert '<details class="raw"><summary>JSON</summary>' in html
+    # Nothing that says nothing, and no epoch numbers: the decision step before its raw JSON.
+    decision = re.search(r'<li class="step step-decision[^>]*>(.*?)<details class="raw">', html, re.S)
+    assert decision
+    assert "escalation" not in decision.group(1)
+    assert "1796116695" not in decision.group(1)
+    assert "next allowed at" in decision.group(1)
+    assert "Tokens" not in html
+    assert "Model tokens" not in html
+    assert 'id="report-section" hidden' in html
+
+
+def test_a_closed_incident_shows_time_to_detect_and_resolve_and_its_report(
+    client: FlaskClient, store: Store
+) -> None:
+    now = time.time()
+    incident_id, _ = store.open_incident("devvm", "rule", "ssh down", "watchdog", {"bad_since": now - 4})
+    store.add_tokens(incident_id, 1200, 340)
+    store.set_report(
+        incident_id,
+        "Found: io stall\nDid: cycle\nState now: healthy\nConfirmed: 3 consecutive green probe rounds",
+    )
+    store.transition(incident_id, "resolved", "3 consecutive green probe rounds")
+    html = client.get(f"/incidents/{incident_id}").get_data(as_text=True)
+    assert re.search(r"<dt>Time to detect</dt><dd>\d+ s from the first bad probe round</dd>", html)
+    assert re.search(r'<dt>Time to resolve</dt><dd id="inc-duration"[^>]*>\d+ s</dd>', html)
+    assert "Model tokens</dt><dd>1200 in, 340 out" in html
+    assert 'id="report-section" hidden' not in html
+    assert "Confirmed: 3 consecutive green probe rounds" in html
+    listing = client.get("/incidents").get_data(as_text=True)
+    assert re.search(r"resolved in \d+ s", listing)
+    assert '<td data-label="action" class="action">cycle</td>' in listing

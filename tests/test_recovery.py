@@ -58,7 +58,13 @@ def test_each_fault_opens_one_incident_fixed_with_the_least_force(
     assert states[-1] == final
     if final == "resolved":
         assert fault not in sim.state()["faults"], "the repair must clear the fault for real"
+        # The report carries its own confirmation, not only the timeline.
+        rounds = running.cfg.incidents.verify_rounds
+        assert f"Confirmed: {rounds} consecutive green probe rounds" in inc["report"]
         assert "verifying" in states
+    if inc["trigger"] == "rule":
+        # When the first bad round was seen: the page's time to detect.
+        assert inc["evidence"]["bad_since"] <= inc["opened_at"]
 
 
 def test_network_partition_escalates_as_observer_side_without_acting(

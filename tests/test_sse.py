@@ -104,6 +104,9 @@ def test_new_steps_and_transitions_arrive_and_the_stream_ends_when_the_incident_
     assert (name, data["to_state"]) == ("transition", "resolved")
     name, _, data = stream.next_event()
     assert (name, data["state"]) == ("closed", "resolved")
+    # What the page puts in its header in place of "still open", without a reload.
+    assert data["closed_text"].endswith(" UTC")
+    assert data["duration"].endswith(" s")
     assert stream.frame() == []  # the server ended the stream
     stream.close()
 

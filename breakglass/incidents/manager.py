@@ -336,6 +336,8 @@ class IncidentManager:
             report = f"{report}\n\nWatchdog sees now: {now_text}"
         if state == "escalated":
             report = f"{report}\nEscalated: {why}"
+        elif state == "resolved":
+            report = f"{report}\nConfirmed: {why}"
         self.store.set_report(incident_id, report)
         self.close(incident_id, state, why)
         self.observers.emit(

@@ -16,6 +16,7 @@ from breakglass.web.auth import current_user
 from breakglass.web.charts import line_chart
 from breakglass.web.context import ID_RULE, web_context
 from breakglass.web.humanize import FILTERS
+from breakglass.web.steps import describe
 
 bp = Blueprint("pages", __name__)
 
@@ -33,6 +34,7 @@ SIM_TIMEOUT_SECONDS = 3.0
 @bp.record_once
 def _filters(state: BlueprintSetupState) -> None:
     state.app.jinja_env.filters.update(FILTERS)
+    state.app.jinja_env.filters["step_view"] = describe
 
 
 def _charts(name: str, now: float) -> list[Any]:
@@ -157,7 +159,8 @@ def incidents() -> str:
     rows = ctx.store.list_incidents(target=target, limit=200, states=[state] if state else None)
     return render_template(
         "incidents.html",
-        incidents=rows,
+        incidents=[{**row, "action": _action(row)} for row in rows],
+        now=time.time(),
         target=target,
         state=state,
         targets=[t.name for t in ctx.cfg.targets],
@@ -170,7 +173,15 @@ def incident(incident_id: int) -> str:
     inc = web_context().store.get_incident(incident_id)
     if inc is None:
         abort(404)
-    return render_template("incident.html", inc=inc, active=inc["closed_at"] is None)
+    return render_template("incident.html", inc=inc, active=inc["closed_at"] is None, now=time.time())
+
+
+def _action(row: dict[str, Any]) -> str:
+    """What an incident did, in a few words: the report's "Did:" line."""
+    for line in (row.get("report") or "").splitlines():
+        if line.startswith("Did: "):
+            return line[len("Did: ") :]
+    return ""
 
 
 def _target_or_400(name: str) -> str:

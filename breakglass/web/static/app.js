@@ -31,8 +31,47 @@
       state.textContent = data.state;
       state.className = "state state-" + data.state;
       document.getElementById("report").textContent = data.report;
-      document.getElementById("live-note").textContent = "Closed.";
+      if (data.report) { document.getElementById("report-section").hidden = false; }
+      var closed = document.getElementById("inc-closed");
+      if (closed && data.closed_at) {
+        closed.textContent = "";
+        var t = document.createElement("time");
+        t.dateTime = new Date(data.closed_at * 1000).toISOString();
+        t.dataset.ts = String(data.closed_at);
+        t.textContent = data.closed_text;
+        var a = document.createElement("span");
+        a.className = "ago";
+        closed.appendChild(t);
+        closed.appendChild(document.createTextNode(" "));
+        closed.appendChild(a);
+        refreshAgo();
+      }
+      var took = document.getElementById("inc-duration");
+      if (took && data.duration) {
+        took.textContent = data.duration;
+        var label = took.previousElementSibling;
+        if (label && data.state === "resolved") { label.textContent = "Time to resolve"; }
+      }
+      document.getElementById("live-note").textContent = "Closed " + data.state + ".";
       source.close();
+    });
+  }
+
+  // "3 min ago" next to each time, kept current without a reload.
+  function ago(ts) {
+    var delta = Date.now() / 1000 - ts;
+    var span = Math.abs(delta), suffix = delta >= 0 ? "ago" : "from now";
+    var units = [[86400, "d"], [3600, "h"], [60, "min"]];
+    for (var i = 0; i < units.length; i++) {
+      if (span >= units[i][0]) { return Math.floor(span / units[i][0]) + " " + units[i][1] + " " + suffix; }
+    }
+    return Math.floor(span) + " s " + suffix;
+  }
+
+  function refreshAgo() {
+    document.querySelectorAll("time[data-ts]").forEach(function (t) {
+      var next = t.nextElementSibling;
+      if (next && next.classList.contains("ago")) { next.textContent = "(" + ago(parseFloat(t.dataset.ts)) + ")"; }
     });
   }
 
@@ -73,6 +112,7 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     var body = document.body;
+    window.setInterval(refreshAgo, 15000);
     if (body.dataset.incidentLive) { liveIncident(body.dataset.incidentLive); }
     if (body.dataset.live) { liveIndex(body.dataset.live); }
   });
