@@ -69,3 +69,57 @@ def test_io_stall_injected_from_the_page_opens_an_incident_that_resolves_without
             assert page.locator(".incident-live").count() == 0
         finally:
             browser.close()
+
+
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+WIDTHS = (390, 1280)
+
+
+def _fits(page: object, url: str, width: int) -> None:
+    """The page at ``url`` has no horizontal scroll at ``width`` px."""
+    page.set_viewport_size({"width": width, "height": 900})  # type: ignore[attr-defined]
+    page.goto(url)  # type: ignore[attr-defined]
+    page.wait_for_load_state("load")  # type: ignore[attr-defined]
+    scroll, inner = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")  # type: ignore[attr-defined]
+    assert scroll <= inner, f"{url} is {scroll} px wide at {width} px"
+
+
+def test_every_page_fits_a_phone_and_a_desktop_and_the_live_incident_page_closes_in_place(
+    demo_url: str, sim
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            for width in WIDTHS:
+                _fits(page, demo_url, width)
+                _fits(page, demo_url + "incidents", width)
+            sim.inject("io_stall")
+            page.set_viewport_size({"width": 1280, "height": 900})
+            page.goto(demo_url)
+            page.wait_for_selector(".incident-live", timeout=30_000)
+            incident = page.get_attribute(".incident-live a", "href")
+            assert incident
+            for width in WIDTHS:
+                _fits(page, demo_url, width)
+                page.screenshot(path=str(SCREENSHOTS / f"front-incident-{width}.png"), full_page=True)
+            # The live incident page: open while the incident runs, closed in place (no reload).
+            _fits(page, demo_url.rstrip("/") + incident, 390)
+            page.evaluate("window.stillTheSamePage = true")
+            assert page.text_content("#inc-closed") == "still open"
+            page.wait_for_selector("#inc-state.state-resolved", timeout=60_000)
+            page.wait_for_function("document.getElementById('inc-closed').textContent !== 'still open'")
+            assert page.evaluate("window.stillTheSamePage === true")
+            assert "UTC" in (page.text_content("#inc-closed") or "")
+            assert page.is_visible("#report")
+            assert "Confirmed:" in (page.text_content("#report") or "")
+            for width in WIDTHS:
+                _fits(page, demo_url.rstrip("/") + incident, width)
+                page.screenshot(path=str(SCREENSHOTS / f"incident-resolved-{width}.png"), full_page=True)
+                _fits(page, demo_url + "incidents", width)
+                _fits(page, demo_url, width)
+        finally:
+            browser.close()

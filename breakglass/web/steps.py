@@ -112,7 +112,7 @@ def describe(step: dict[str, Any]) -> StepView:
     elif output is not None:
         view.output = json.dumps(output, indent=2, sort_keys=True, default=str)
     for key, value in data.items():
-        if key in SHOWN or (key == "because" and view.text):
+        if key in SHOWN or (key == "because" and view.text) or (key == "decision" and kind == "decision"):
             continue
         shown = _value(key, value)
         if shown is not None:
