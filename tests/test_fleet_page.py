@@ -75,7 +75,7 @@ def test_a_row_links_to_that_targets_full_card_with_its_charts(fleet) -> None:
     html = client.get("/?target=vm007").get_data(as_text=True)
     assert 'id="target-vm007"' in html
     assert 'id="target-vm008"' not in html
-    assert html.count('<polyline class="series"') == 3
+    assert html.count("<polyline class=\"series\"") == 4
 
 
 def test_readings_reach_the_store_in_one_transaction_per_flush(fleet) -> None:

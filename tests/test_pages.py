@@ -53,8 +53,8 @@ def test_the_index_shows_readings_beside_thresholds_charts_and_forms(
     assert "devvm" in html
     assert "other" in html
     assert "< 5.0 s" in html.replace("&lt;", "<")  # the SSH threshold beside the reading
-    assert html.count('<polyline class="series"') == 3
-    assert "<title>SSH login seconds: latest 0.12 s" in html
+    assert html.count('<polyline class="series"') == 4
+    assert "<title>SSH login time: latest 0.12 s" in html
     assert "Break glass" in html
     assert "Silence" in html
     assert "Simulator" not in html
@@ -293,3 +293,47 @@ def test_a_closed_incident_shows_time_to_detect_and_resolve_and_its_report(
     listing = client.get("/incidents").get_data(as_text=True)
     assert re.search(r"resolved in \d+ s", listing)
     assert '<td data-label="action" class="action">cycle</td>' in listing
+
+
+def test_charts_have_a_real_time_span_value_axes_thresholds_bands_and_a_disk_chart(
+    client: FlaskClient, store: Store
+) -> None:
+    import dataclasses
+
+    now = time.time()
+    # Ten minutes of rounds, SSH down for two of them, an incident over the outage.
+    for i in range(21):
+        r = healthy_readings("devvm", at=now - 600 + i * 30)
+        if 8 <= i <= 11:
+            r = dataclasses.replace(r, ssh_ok=False, ssh_login_seconds=None, load1=None, ncpu=None)
+        store.add_readings(r)
+    incident_id, _ = store.open_incident("devvm", "rule", "ssh down", "watchdog", {})
+    store._conn().execute(
+        "UPDATE incidents SET opened_at = ? WHERE id = ?", (now - 600 + 8 * 30, incident_id)
+    )
+    store.transition(incident_id, "resolved", "green")
+    r = client.get("/")
+    html = r.get_data(as_text=True)
+    card = html.split('id="target-devvm"')[1].split("</section>")[0]
+    charts = re.findall(r'<svg class="chart".*?</svg>', card, re.S)
+    assert len(charts) == 4  # SSH, load, memory and disk
+    ssh, load, memory, disk = charts
+    assert "<title>threshold 8</title>" in load
+    # The real span (about ten minutes of buckets), not "3 h" stretched.
+    assert re.search(r"over (9|10) min", ssh)
+    assert re.search(r"SSH login time, last (9|10) min", card)
+    # Value axis labels in the reading's unit, the threshold dashed and labelled.
+    assert re.search(r'<text class="axis"[^>]*>0 s</text>', ssh)
+    assert "<title>threshold 5 s</title>" in ssh
+    assert "<title>threshold 3 %</title>" in memory
+    assert "<title>threshold 98 %</title>" in disk
+    assert "Disk used" in disk
+    # Time axis: clock times of the span's start and end.
+    assert len(re.findall(r'<text class="axis"[^>]*text-anchor="(?:start|middle|end)"', ssh)) >= 3
+    # The incident and the outage as bands; the line breaks over the outage.
+    assert f"incident #{incident_id} (resolved)" in ssh
+    assert 'class="band band-outage"' in ssh
+    assert ssh.count('<polyline class="series"') == 2
+    # Self-contained: no external asset, and the CSP stays strict.
+    assert "http" not in "".join(charts).replace("http://www.w3.org", "")
+    assert "default-src 'self'" in r.headers["Content-Security-Policy"]

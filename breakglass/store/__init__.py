@@ -44,6 +44,7 @@ CHART_SERIES: dict[str, str] = {
         "CASE WHEN json_extract(data, '$.mem_total_bytes') > 0 THEN "
         "json_extract(data, '$.mem_available_bytes') * 1.0 / json_extract(data, '$.mem_total_bytes') END"
     ),
+    "disk_used_ratio": "json_extract(data, '$.disk_used_ratio')",
 }
 
 __all__ = [

@@ -13,9 +13,9 @@ from flask.blueprints import BlueprintSetupState
 from werkzeug.wrappers import Response
 
 from breakglass.web.auth import current_user
-from breakglass.web.charts import line_chart
+from breakglass.web.charts import Band, line_chart, outages
 from breakglass.web.context import ID_RULE, web_context
-from breakglass.web.humanize import FILTERS
+from breakglass.web.humanize import FILTERS, duration
 from breakglass.web.steps import describe
 
 bp = Blueprint("pages", __name__)
@@ -26,7 +26,6 @@ CHART_BUCKETS = 120  # points per chart line, whatever the interval and the span
 # each row links to that target's full card (``/?target=NAME``).
 FLEET_VIEW_AFTER = 24
 FLEET_PAGE_SIZE = 50
-CHART_CAPTIONS = ("SSH login seconds", "Load per CPU", "Memory available (ratio)")
 
 SIM_TIMEOUT_SECONDS = 3.0
 
@@ -37,32 +36,50 @@ def _filters(state: BlueprintSetupState) -> None:
     state.app.jinja_env.filters["step_view"] = describe
 
 
-def _charts(name: str, now: float) -> list[Any]:
+def _charts(name: str, now: float) -> list[tuple[str, Any]]:
+    """Each chart of a target's card with its caption: SSH, load, memory and disk, with incidents."""
     ctx = web_context()
+    since = now - CHART_HOURS * 3600
     # Downsampled in SQL: the page's work is bounded by CHART_BUCKETS, not by the rounds stored.
-    rows = ctx.store.readings_buckets(name, now - CHART_HOURS * 3600, now + 1, CHART_BUCKETS)
-    rules = ctx.cfg.rules
-    return [
-        line_chart(
-            "SSH login seconds",
-            rows,
-            lambda r: r["avg_ssh_login_seconds"],
-            threshold=rules.ssh_slow_seconds,
-            unit=" s",
-        ),
-        line_chart(
-            "Load per CPU",
-            rows,
-            lambda r: r["avg_load_per_cpu"],
-            threshold=rules.load_per_cpu,
-        ),
-        line_chart(
-            "Memory available (ratio)",
-            rows,
-            lambda r: r["avg_mem_available_ratio"],
-            threshold=rules.mem_available_ratio,
-        ),
+    rows = ctx.store.readings_buckets(name, since, now + 1, CHART_BUCKETS)
+    incidents = [
+        Band(
+            float(i["opened_at"]),
+            float(i["closed_at"] or now),
+            "incident",
+            f"incident #{i['id']} ({i['state']})",
+        )
+        for i in ctx.store.list_incidents(target=name, limit=50)
+        if (i["closed_at"] or now) >= since
     ]
+    rules = ctx.cfg.rules
+    specs: list[tuple[str, str, float | None, str, float]] = [
+        ("SSH login time", "ssh_login_seconds", rules.ssh_slow_seconds, " s", 1.0),
+        ("Load per CPU", "load_per_cpu", rules.load_per_cpu, "", 1.0),
+        ("Memory available", "mem_available_ratio", rules.mem_available_ratio, " %", 100.0),
+        ("Disk used", "disk_used_ratio", rules.disk_used_ratio, " %", 100.0),
+    ]
+    # The charts draw at least a minute, so a fresh start is not one round stretched wide.
+    span = duration(max(60.0, now - float(rows[0]["at"]))) if rows else "no data yet"
+    out = []
+    for title, series, threshold, unit, scale in specs:
+
+        def value(r: dict[str, Any], key: str = f"avg_{series}") -> float | None:
+            v = r.get(key)
+            return None if v is None else float(v)
+
+        svg = line_chart(
+            title,
+            rows,
+            value,
+            now=now,
+            threshold=threshold,
+            unit=unit,
+            scale=scale,
+            bands=[*incidents, *outages(rows, value)],
+        )
+        out.append((f"{title}, last {span} (dashed: threshold; red: incidents; grey: no reading)", svg))
+    return out
 
 
 def _sim_state() -> dict[str, Any] | None:
@@ -107,7 +124,7 @@ def index() -> str:
     targets = []
     for t in status["targets"]:
         latest = ctx.store.list_incidents(target=t["name"], limit=1)
-        charts = list(zip(CHART_CAPTIONS, _charts(t["name"], now), strict=True))
+        charts = _charts(t["name"], now)
         targets.append({**t, "charts": charts, "latest": latest[0] if latest else None})
     sim = _sim_state()
     return render_template(
@@ -120,7 +137,6 @@ def index() -> str:
         faults=(sim or {}).get("known_faults") or (),
         sim=sim,
         now=now,
-        chart_hours=CHART_HOURS,
     )
 
 
