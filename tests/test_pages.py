@@ -118,6 +118,10 @@ def test_the_grant_form_records_who_and_why(client: FlaskClient, store: Store) -
     assert r.status_code == 303
     [g] = store.grants("devvm")
     assert (g["who"], g["why"]) == ("local", "one more cycle")
+    # The page confirms it once, after the redirect.
+    page = client.get(r.headers["Location"]).get_data(as_text=True)
+    assert f"Granted one more power action for devvm (grant #{g['id']}, by local)" in page
+    assert "Granted one more" not in client.get("/").get_data(as_text=True)
 
 
 def test_an_unknown_target_is_refused(client: FlaskClient, store: Store) -> None:

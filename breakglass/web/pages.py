@@ -8,14 +8,14 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask.blueprints import BlueprintSetupState
 from werkzeug.wrappers import Response
 
 from breakglass.web.auth import current_user
 from breakglass.web.charts import Band, line_chart, outages
 from breakglass.web.context import ID_RULE, web_context
-from breakglass.web.humanize import FILTERS, duration
+from breakglass.web.humanize import FILTERS, clock, duration
 from breakglass.web.steps import describe
 
 bp = Blueprint("pages", __name__)
@@ -236,7 +236,9 @@ def silence() -> Response:
         abort(400, "minutes must be a number")
     if not reason or not 0 < minutes <= 7 * 24 * 60:
         abort(400, "a reason and 0 < minutes <= 10080 are required")
-    ctx.store.add_silence(target, reason, current_user(), time.time() + minutes * 60)
+    until = time.time() + minutes * 60
+    ctx.store.add_silence(target, reason, current_user(), until)
+    flash(f"Silenced {target} until {clock(until)}: automatic incidents wait; break glass still works.")
     return redirect(url_for("pages.index"), 303)
 
 
@@ -247,7 +249,11 @@ def grant(name: str) -> Response:
     why = request.form.get("why", "").strip()[:500]
     if not why:
         abort(400, "say why the extra power action is granted")
-    web_context().core.grant(target, current_user(), why)
+    grant_id = web_context().core.grant(target, current_user(), why)
+    flash(
+        f"Granted one more power action for {target} (grant #{grant_id}, by {current_user()}): "
+        "the next power action the watchdog needs may use it."
+    )
     return redirect(url_for("pages.index"), 303)
 
 
