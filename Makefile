@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/sse_fanout.py
 	$(BIN)/python bench/loop_lag.py
 	$(BIN)/python bench/agent_eval.py --fake tests/scenarios
+	$(BIN)/python bench/storage.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

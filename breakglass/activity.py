@@ -58,7 +58,10 @@ def explain(
     """
     conditions = state.active
     probe_failed = readings is not None and not (readings.ssh_ok and readings.pve_ok)
-    escalated = (
+    # An escalated incident stays open while the target is sick (schema 3); an older
+    # store may hold a closed one, which still needs a person while the target is sick.
+    open_escalation = active is not None and active.get("state") == "escalated"
+    escalated = open_escalation or (
         active is None
         and latest is not None
         and latest.get("state") == "escalated"
@@ -67,13 +70,18 @@ def explain(
     reasons: list[Reason] = []
     if readings is None:
         reasons.append(Reason("waiting", "waiting for the first probe round"))
-    if active is not None:
+    if active is not None and not open_escalation:
         reasons.append(
             Reason("incident", f"working on incident #{active['id']} ({active.get('state', 'open')})")
         )
-    if escalated and latest is not None:
+    if escalated:
+        which = active if open_escalation else latest
+        assert which is not None
         reasons.append(
-            Reason("escalated", f"escalated in incident #{latest['id']}: waiting for a person to act")
+            Reason(
+                "escalated",
+                f"escalated in incident #{which['id']}: waiting for a person to act or for the budget",
+            )
         )
     if silence is not None:
         who = silence.get("who") or "someone"

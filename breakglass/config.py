@@ -100,6 +100,14 @@ class IncidentSettings(_Model):
     cooldown_seconds: float = Field(600.0, ge=0)
     verify_rounds: int = Field(3, ge=1)
     verify_timeout_seconds: float = Field(600.0, gt=0)
+    repeat_interval_seconds: float = Field(4 * 3600.0, gt=0)
+
+
+class RetentionSettings(_Model):
+    """How long stored history is kept; older probe readings are pruned on a schedule."""
+
+    readings_seconds: float = Field(21600.0, gt=0)
+    prune_interval_seconds: float = Field(600.0, gt=0)
 
 
 class RemediationSettings(_Model):
@@ -186,6 +194,7 @@ class Config(_Model):
     rules: RuleSettings = RuleSettings()
     budget: BudgetSettings = BudgetSettings()
     incidents: IncidentSettings = IncidentSettings()
+    retention: RetentionSettings = RetentionSettings()
     remediation: RemediationSettings = RemediationSettings()
     agent: AgentSettings = AgentSettings()
     web: WebSettings = WebSettings()

@@ -28,7 +28,7 @@ from breakglass.remote import DevvmShell, PveClient
 from breakglass.store import Store
 from breakglass.watchdog.links import ProbeLinks
 from breakglass.watchdog.probes import Readings, probe_target
-from breakglass.watchdog.rules import TargetState, evaluate, with_grace
+from breakglass.watchdog.rules import TargetState, evaluate, is_healthy, with_grace
 from breakglass.watchdog.scheduler import GridScheduler, spread
 
 log = structlog.get_logger("breakglass.core")
@@ -112,6 +112,7 @@ class Core:
         self._pending: list[Readings] = []
         self._flusher: asyncio.Task[None] | None = None
         self._lag_task: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
         for name in self.targets:
             metrics.init_target(name)
             self._export_budget(name)
@@ -137,6 +138,7 @@ class Core:
             on_round=self.metrics.round_started,
         )
         self.scheduler.start()
+        self._pruner = asyncio.create_task(self._prune_forever(), name="prune-readings")
         log.info(
             "core_started",
             targets=len(self.targets),
@@ -151,6 +153,10 @@ class Core:
             self.scheduler = None
         if self._lag_task is not None:
             self._lag_task.cancel()
+        if self._pruner is not None:
+            self._pruner.cancel()
+            await asyncio.gather(self._pruner, return_exceptions=True)
+            self._pruner = None
         await self.manager.stop()
         if self._flusher is not None:
             self._flusher.cancel()
@@ -180,9 +186,31 @@ class Core:
         """An incident left active by a crash cannot be resumed safely: close it as failed."""
         for name in self.targets:
             inc = self.store.active_incident(name)
-            if inc is not None:
+            if inc is not None and inc["state"] != "escalated":  # escalated: waiting, nothing to lose
                 self.store.add_step(inc["id"], "note", {"text": "watchdog restarted during this incident"})
                 self.manager.close(inc["id"], "failed", "watchdog restarted while it was active")
+
+    # -- retention -------------------------------------------------------
+
+    async def prune(self) -> int:
+        """Delete readings older than ``retention.readings_seconds``; how many.
+
+        The deleting runs in a worker thread in small transactions (see
+        Store.prune_readings), so a probe round is never held up behind it.
+        """
+        older_than = self.clock() - self.cfg.retention.readings_seconds
+        n = await asyncio.to_thread(self.store.prune_readings, older_than)
+        if n:
+            log.info("readings_pruned", rows=n, older_than=older_than)
+        return n
+
+    async def _prune_forever(self) -> None:
+        while True:
+            try:
+                await self.prune()
+            except Exception:  # a failed prune is retried next time; probing goes on
+                log.exception("readings_prune_failed")
+            await asyncio.sleep(self.cfg.retention.prune_interval_seconds)
 
     # -- one probe round -------------------------------------------------
 
@@ -215,6 +243,10 @@ class Core:
         self._export_budget(readings.target)
         await self.feed.publish(readings)
         active = self.store.active_incident(readings.target)
+        if active is not None and active["state"] == "escalated":
+            # One record per episode: the escalated incident is tended, never replaced.
+            healthy = not ev.active and is_healthy(readings, self.cfg.rules)
+            self.manager.tend_escalated(active, healthy=healthy)
         if ev.fired or (ev.active and active is None):
             conditions = ev.fired or ev.active
             reason = "; ".join(ev.detail.get(c, c) for c in conditions)
@@ -261,6 +293,14 @@ class Core:
             authorize_power=authorize_power,
             alert=alert,
         )
+
+    def grant(self, target: str, who: str, why: str) -> int:
+        """Grant one extra power action; an incident escalated and waiting is worked again."""
+        grant_id = self.governor.grant(target, who, why)
+        inc = self.store.active_incident(target)
+        if inc is not None and inc["state"] == "escalated":
+            self.manager.resume(inc["id"], f"{who} granted one more power action: {why}")
+        return grant_id
 
     def status(self, names: Iterable[str] | None = None) -> dict[str, Any]:
         """Each target's (or only ``names``') latest readings, conditions, incident, budget, silence."""
@@ -463,7 +503,7 @@ class CoreHandle:
 
     def grant(self, target: str, who: str, why: str) -> int:
         """Grant exactly one extra power action for ``target``."""
-        return self.call(_as_coro(lambda: self._core.governor.grant(target, who, why)))
+        return self.call(_as_coro(lambda: self._core.grant(target, who, why)))
 
     def instruct(self, incident_id: int, who: str, text: str) -> int:
         """Add an operator instruction to an active incident (see IncidentManager.instruct)."""

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("breakglass.notify")
 
-EVENTS = ("opened", "resolved", "escalated")
+# "reminder": an escalated incident whose target is still sick, every incidents.repeat_interval_seconds.
+EVENTS = ("opened", "resolved", "escalated", "reminder")
 MAX_BODY = 8000
 
 
@@ -45,7 +46,7 @@ def incident_link(public_url: str, incident_id: Any) -> str:
 def compose(event: str, data: dict[str, Any], public_url: str, reason: str | None = None) -> tuple[str, str]:
     """The title and body of the message for one lifecycle event."""
     inc, target = data.get("incident"), data.get("target")
-    title = f"breakglass: incident {inc} on {target} {event}"
+    title = f"breakglass: incident {inc} on {target} " + ("still escalated" if event == "reminder" else event)
     lines = []
     if event == "opened":
         title += f" ({data.get('trigger')})"

@@ -280,3 +280,11 @@ def test_processes_sharing_one_store_never_exceed_the_budget(sim: SimHandle, tmp
     counted = [r for r in store.ledger_rows("devvm") if r["result"] not in ("denied", "dry_run")]
     assert len(counted) == 1
     store.close()
+
+
+def test_a_budget_of_zero_after_a_granted_action_names_no_next_time(store: Store, clock: FakeClock) -> None:
+    gov = Governor(store, budget(max_actions=0, min_gap_seconds=0), clock=clock)
+    store.ledger_insert("devvm", None, "start", "granted", result="ok")
+    d = gov.check("devvm", Verb.CYCLE)
+    assert (d.allowed, d.next_allowed_at) == (False, None)
+    assert gov.remaining("devvm") == (0, None)

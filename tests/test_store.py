@@ -97,13 +97,51 @@ def test_transitions_follow_the_lifecycle_and_refuse_the_rest(store: Store, cloc
 
 def test_a_closed_incident_frees_the_target_for_a_new_one(store: Store, clock: FakeClock) -> None:
     i, _ = store.open_incident("devvm", "rule", "r", "w", {})
-    store.transition(i, "escalated", "budget")
+    store.transition(i, "failed", "internal error")
     assert store.active_incident("devvm") is None
     assert store.last_closed_at("devvm") == clock.now
     assert store.last_resolved_at("devvm") is None
     j, created = store.open_incident("devvm", "rule", "again", "w", {})
     assert created
     assert j != i
+
+
+def test_an_escalated_incident_stays_open_and_a_transition_is_claimed_once(
+    store: Store, clock: FakeClock
+) -> None:
+    i, _ = store.open_incident("devvm", "rule", "r", "w", {})
+    assert store.transition(i, "escalated", "budget spent")
+    assert store.active_incident("devvm")["id"] == i  # one record for the episode
+    assert store.open_incident("devvm", "rule", "still sick", "w", {}) == (i, False)
+    assert store.last_closed_at("devvm") is None
+    # Two workers racing for the same move: exactly one gets it.
+    assert store.transition(i, "verifying", "healthy again", from_state="escalated")
+    assert not store.transition(i, "verifying", "healthy again", from_state="escalated")
+    assert store.transition(i, "resolved", "green")
+    assert not store.transition(i, "failed", "too late: closed is final")
+    assert store.active_incident("devvm") is None
+
+
+def test_an_old_closed_escalation_stays_closed_after_the_migration(tmp_path: Path) -> None:
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old, isolation_level=None)
+    for script in MIGRATIONS[:2]:
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    conn.execute("PRAGMA user_version = 2")
+    for n in range(2):  # two closed escalations of one target: fine before, fine after
+        conn.execute(
+            "INSERT INTO incidents (target, trigger, state, opened_at, closed_at) "
+            "VALUES ('devvm', 'rule', 'escalated', ?, ?)",
+            (n, n + 1),
+        )
+    conn.close()
+    store = Store(old)
+    assert store.active_incident("devvm") is None
+    assert not store.transition(1, "resolved", "closed rows never move")
+    assert store.open_incident("devvm", "rule", "new", "w", {})[1]
+    store.close()
 
 
 def test_steps_keep_their_order_and_tokens_add_up(store: Store) -> None:

@@ -145,9 +145,11 @@ class Governor:
         gap_until = last["at"] + b.min_gap_seconds if last else None
         in_gap = gap_until is not None and now < gap_until
         if remaining == 0 and grant is None:
-            # The oldest action still counted must age out of the window first.
-            window_until = used[len(used) - b.max_actions]["at"] + b.window_seconds if used else None
-            until = max(t for t in (window_until, gap_until if in_gap else None, now) if t is not None)
+            until: float | None = None  # max_actions 0: only a grant ever allows one
+            if b.max_actions > 0:
+                # The oldest action still counted must age out of the window first.
+                window_until = used[len(used) - b.max_actions]["at"] + b.window_seconds if used else None
+                until = max(t for t in (window_until, gap_until if in_gap else None, now) if t is not None)
             return Decision(
                 False,
                 verb,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -130,9 +130,10 @@ class IncidentManager:
         if created:
             log.info("incident_opened", incident=incident_id, target=target, trigger=trigger, who=who)
             self.observers.emit("opened", {"incident": incident_id, "target": target, "trigger": trigger})
-            self._tasks[incident_id] = asyncio.create_task(
-                self._work(incident_id), name=f"incident-{incident_id}"
-            )
+            self._start(incident_id, self._work_unguarded(incident_id))
+        elif trigger in MANUAL_TRIGGERS:
+            # A person acting on an escalated incident: work it again, with what they said.
+            self.resume(incident_id, f"{who} triggered it again: {reason}")
         else:
             self.observers.emit("attached", {"incident": incident_id, "target": target, "trigger": trigger})
         return TriggerResult(incident_id, created)
@@ -168,9 +169,14 @@ class IncidentManager:
 
     # -- working an incident ---------------------------------------------
 
-    async def _work(self, incident_id: int) -> None:
+    def _start(self, incident_id: int, work: Coroutine[Any, Any, None]) -> None:
+        self._tasks[incident_id] = asyncio.create_task(
+            self._work(incident_id, work), name=f"incident-{incident_id}"
+        )
+
+    async def _work(self, incident_id: int, work: Coroutine[Any, Any, None]) -> None:
         try:
-            await self._work_unguarded(incident_id)
+            await work
         except asyncio.CancelledError:
             self.close(incident_id, "failed", "watchdog stopped while the incident was active")
             raise
@@ -187,7 +193,9 @@ class IncidentManager:
         assert inc is not None
         target = self.cfg.target(inc["target"])
         remediator = self._remediator_for(target)
-        self.store.transition(incident_id, "diagnosing", f"{remediator.name} diagnosing")
+        if not self.store.transition(incident_id, "diagnosing", f"{remediator.name} diagnosing"):
+            log.warning("transition_refused", incident=incident_id, frm=inc["state"], to="diagnosing")
+            return
         shell, pve = self._clients(target.name)
         latest = self.feed.latest(target.name)
         power_results: list[PowerOutcome] = []
@@ -261,14 +269,18 @@ class IncidentManager:
             return
         self._advance(incident_id, "remediating", "; ".join(result.did) or "no action needed")
         self.store.transition(incident_id, "verifying", "waiting for green probe rounds")
-        ok, detail = await self._verify(target.name)
+        await self._verify_and_close(incident_id, target.name, result)
+
+    async def _verify_and_close(self, incident_id: int, target: str, result: RemediationResult) -> None:
+        """The one verification path: green rounds resolve the incident, else it is escalated."""
+        ok, detail = await self._verify(target)
         self._record(incident_id, "evidence", {"verification": detail})
         if ok:
-            self._finish(incident_id, target.name, result, "resolved", detail)
+            self._finish(incident_id, target, result, "resolved", detail)
         else:
             self._escalate(
                 incident_id,
-                target.name,
+                target,
                 RemediationResult(
                     outcome="escalate",
                     found=result.found,
@@ -306,10 +318,17 @@ class IncidentManager:
     # -- closing ---------------------------------------------------------
 
     def _escalate(self, incident_id: int, target: str, result: RemediationResult) -> None:
+        """Hand the incident to a person: it stays open, ``escalated``, for the rest of the episode."""
         reason = result.escalation or "gave_up"
         text = f"escalated ({reason}): {result.detail or result.found}"
         if result.next_allowed_at is not None:
             text += f"; next power action allowed at {_iso(result.next_allowed_at)}"
+        inc = self.store.get_incident(incident_id)
+        if inc is None or not self.store.transition(incident_id, "escalated", text):
+            log.error("transition_refused", incident=incident_id, to="escalated")
+            return
+        report = f"{self._report_text(target, result)}\nEscalated: {text}"
+        self.store.set_report(incident_id, report)
         log.warning(
             "incident_escalated",
             incident=incident_id,
@@ -318,36 +337,89 @@ class IncidentManager:
             detail=result.detail,
             next_allowed_at=result.next_allowed_at,
         )
-        self._finish(incident_id, target, result, "escalated", text, reason=reason)
+        if inc["state"] == "verifying" and self.store.last_step(incident_id, "notice") is not None:
+            # Verifying an escalated incident again and still sick: the same episode, no news.
+            return
+        self.store.add_step(incident_id, "notice", {"event": "escalated", "reason": reason})
+        self.observers.emit(
+            "escalated", {"incident": incident_id, "target": target, "reason": reason, "report": report}
+        )
 
-    def _finish(
-        self,
-        incident_id: int,
-        target: str,
-        result: RemediationResult,
-        state: str,
-        why: str,
-        *,
-        reason: str | None = None,
-    ) -> None:
+    def _report_text(self, target: str, result: RemediationResult) -> str:
         now_text = describe_readings(self.feed.latest(target))
         report = result.report or _report(result, now_text)
         if result.report:
             report = f"{report}\n\nWatchdog sees now: {now_text}"
-        if state == "escalated":
-            report = f"{report}\nEscalated: {why}"
-        elif state == "resolved":
+        return report
+
+    def _finish(self, incident_id: int, target: str, result: RemediationResult, state: str, why: str) -> None:
+        report = self._report_text(target, result)
+        if state == "resolved":
             report = f"{report}\nConfirmed: {why}"
         self.store.set_report(incident_id, report)
         self.close(incident_id, state, why)
         self.observers.emit(
-            state, {"incident": incident_id, "target": target, "reason": reason, "report": report}
+            state, {"incident": incident_id, "target": target, "reason": None, "report": report}
         )
+
+    # -- an escalated incident, round by round ---------------------------
+
+    def tend_escalated(self, inc: Mapping[str, Any], *, healthy: bool) -> str | None:
+        """One step for an escalated incident after a probe round; what it did, if anything.
+
+        1. healthy again: verify (the one verification path) and resolve;
+        2. escalated for the budget, and the budget now allows an action: work it again;
+        3. otherwise, remind at ``incidents.repeat_interval_seconds``, never more often.
+        """
+        incident_id, target = int(inc["id"]), str(inc["target"])
+        if inc["state"] != "escalated" or incident_id in self._tasks:
+            return None
+        if healthy:
+            self._start(incident_id, self._verify_escalated(incident_id, target))
+            return "verifying"
+        notice = self.store.last_step(incident_id, "notice")
+        why = (notice or {}).get("data", {}).get("reason")
+        if why == "budget" and self.governor.check(target, Verb.CYCLE).allowed:
+            self.resume(incident_id, "the power budget allows an action again")
+            return "resumed"
+        now = self._clock()
+        if notice is not None and now < notice["at"] + self.cfg.incidents.repeat_interval_seconds:
+            return None
+        self.store.add_step(incident_id, "notice", {"event": "reminder", "reason": why})
+        log.info("incident_reminder", incident=incident_id, target=target, reason=why)
+        self.observers.emit(
+            "reminder",
+            {
+                "incident": incident_id,
+                "target": target,
+                "reason": f"still escalated ({why}) and the target is still sick",
+                "report": inc.get("report") or "",
+            },
+        )
+        return "reminded"
+
+    def resume(self, incident_id: int, why: str) -> bool:
+        """Work an escalated incident again (a person acted, or the budget allows); False if busy."""
+        inc = self.store.get_incident(incident_id)
+        if inc is None or inc["state"] != "escalated" or incident_id in self._tasks:
+            return False
+        self.store.add_step(incident_id, "note", {"text": f"resumed: {why}"})
+        log.info("incident_resumed", incident=incident_id, target=inc["target"], why=why)
+        self._start(incident_id, self._work_unguarded(incident_id))
+        return True
+
+    async def _verify_escalated(self, incident_id: int, target: str) -> None:
+        if not self.store.transition(
+            incident_id, "verifying", "the target looks healthy again", from_state="escalated"
+        ):
+            return
+        result = RemediationResult(outcome="nothing_to_do", found="the target recovered after the escalation")
+        await self._verify_and_close(incident_id, target, result)
 
     def close(self, incident_id: int, state: str, why: str) -> None:
         """Close an active incident in ``state``, logging and announcing it; no-op if closed."""
         inc = self.store.get_incident(incident_id)
-        if inc is None or inc["state"] in ("resolved", "escalated", "failed"):
+        if inc is None or inc["closed_at"] is not None:
             return
         if not self.store.transition(incident_id, state, why):
             log.error("transition_refused", incident=incident_id, frm=inc["state"], to=state)

@@ -46,6 +46,8 @@ CHART_SERIES: dict[str, str] = {
     ),
     "disk_used_ratio": "json_extract(data, '$.disk_used_ratio')",
 }
+# Rounds deleted per transaction by prune_readings.
+PRUNE_BATCH = 2000
 
 __all__ = [
     "ACTIVE_STATES",
@@ -127,10 +129,31 @@ class Store(IncidentRecords, PowerLedger):
         )
         return [loads(r["data"]) for r in rows]
 
-    def prune_readings(self, older_than: float) -> int:
-        """Delete rounds taken before ``older_than``; return how many."""
-        with self._tx() as conn:
-            return conn.execute("DELETE FROM readings WHERE at < ?", (older_than,)).rowcount
+    def prune_readings(self, older_than: float, *, batch: int = PRUNE_BATCH) -> int:
+        """Delete rounds taken before ``older_than`` in small batches, then free the pages.
+
+        Each batch's ids are found by a read (which in WAL mode never blocks the core's
+        writes) and deleted in a short transaction of its own, so a writer waits for one
+        batch at most; ``incremental_vacuum`` then returns the freed pages to the file
+        system a bounded number at a time. Returns how many rounds were deleted.
+        """
+        conn, total = self._conn(), 0
+        while True:
+            # Oldest first in rowid order: the old rows are at the front, so this stops early.
+            ids = [
+                (r[0],)
+                for r in conn.execute(
+                    "SELECT id FROM readings WHERE at < ? ORDER BY id LIMIT ?", (older_than, batch)
+                )
+            ]
+            if ids:
+                with self._tx() as tx:
+                    tx.executemany("DELETE FROM readings WHERE id = ?", ids)
+                total += len(ids)
+            if len(ids) < batch:
+                break
+        self.vacuum_free_pages()
+        return total
 
     # -- silences --------------------------------------------------------
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from breakglass.store.schema import MIGRATIONS
 
+_INCREMENTAL = 2  # PRAGMA auto_vacuum: 0 none, 1 full, 2 incremental
+
 
 def loads(text: str | None) -> Any:
     """Decode a JSON column; an empty column is an empty dict."""
@@ -34,6 +36,7 @@ class Database:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._on_commit: list[Callable[[], None]] = []
+        self._incremental_vacuum()
         self._migrate()
 
     def on_commit(self, listener: Callable[[], None]) -> None:
@@ -88,6 +91,36 @@ class Database:
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {n}")
+
+    def _incremental_vacuum(self) -> None:
+        """Put the file in ``auto_vacuum=INCREMENTAL`` mode, so pruned pages can be given back.
+
+        The mode only takes effect on an empty file or after a ``VACUUM``: a new file is
+        empty here (this runs before the first table is created); an older file is
+        rewritten once, on the first start of a version that has this.
+        """
+        conn = self._conn()
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == _INCREMENTAL:
+            return
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("VACUUM")
+
+    def vacuum_free_pages(self, step: int = 1000) -> int:
+        """Return free pages to the file system, ``step`` pages per transaction; how many."""
+        conn, freed = self._conn(), 0
+        while True:
+            free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            if free == 0:
+                return freed
+            conn.execute(f"PRAGMA incremental_vacuum({min(free, int(step))})").fetchall()
+            freed += min(free, int(step))
+
+    def size_bytes(self) -> int:
+        """Bytes the database's pages take (without the WAL)."""
+        conn = self._conn()
+        return int(conn.execute("PRAGMA page_count").fetchone()[0]) * int(
+            conn.execute("PRAGMA page_size").fetchone()[0]
+        )
 
     def schema_version(self) -> int:
         """The schema version this file is at."""

@@ -129,27 +129,54 @@ class IncidentRecords(Database):
         )
         return incident_id, True
 
-    def transition(self, incident_id: int, new_state: str, reason: str) -> bool:
-        """Move an incident to ``new_state`` if allowed from its current state; False otherwise."""
+    def transition(
+        self, incident_id: int, new_state: str, reason: str, *, from_state: str | None = None
+    ) -> bool:
+        """Move an open incident to ``new_state``; True only for the caller whose move happened.
+
+        The move is claimed with a conditional ``UPDATE ... WHERE state = ?`` on an
+        incident that is still open, so two workers (or two processes) can never both
+        make it. ``from_state`` names the one state it may leave; otherwise any state
+        the lifecycle allows. False when refused or when someone else moved it first.
+        """
         if new_state not in STATES:
             raise ValueError(f"unknown incident state {new_state!r}")
         allowed_from = [s for s, nxt in ALLOWED.items() if new_state in nxt]
         now = self.clock()
         with self._tx() as conn:
-            row = conn.execute("SELECT state FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+            row = conn.execute(
+                "SELECT state FROM incidents WHERE id = ? AND closed_at IS NULL", (incident_id,)
+            ).fetchone()
             if row is None or row["state"] not in allowed_from:
                 return False
+            if from_state is not None and row["state"] != from_state:
+                return False
             closed_at = now if new_state in CLOSED_STATES else None
-            conn.execute(
-                "UPDATE incidents SET state = ?, closed_at = ? WHERE id = ? AND state = ?",
+            claimed = conn.execute(
+                "UPDATE incidents SET state = ?, closed_at = ? "
+                "WHERE id = ? AND state = ? AND closed_at IS NULL",
                 (new_state, closed_at, incident_id, row["state"]),
-            )
+            ).rowcount
+            if claimed != 1:
+                return False
             conn.execute(
                 "INSERT INTO transitions (incident_id, at, from_state, to_state, reason) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (incident_id, now, row["state"], new_state, reason),
             )
             return True
+
+    def last_step(self, incident_id: int, kind: str) -> dict[str, Any] | None:
+        """The incident's newest step of ``kind`` (``at`` and decoded ``data``), if any."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT at, data FROM steps WHERE incident_id = ? AND kind = ? ORDER BY id DESC LIMIT 1",
+                (incident_id, kind),
+            )
+            .fetchone()
+        )
+        return {"at": row["at"], "data": loads(row["data"])} if row else None
 
     def add_step(self, incident_id: int, kind: str, data: dict[str, Any]) -> int:
         """Record one step of an incident as it happens; return its id."""

@@ -6,9 +6,12 @@ migration is appended, never edited in place.
 
 from __future__ import annotations
 
-ACTIVE_STATES = ("open", "diagnosing", "remediating", "verifying")
-CLOSED_STATES = ("resolved", "escalated", "failed")
-STATES = ACTIVE_STATES + CLOSED_STATES
+# "escalated" is an open state: handed to a person, waiting for a person or for the
+# budget while the target stays sick (one record per episode). It closes as resolved
+# once the target is healthy again, or goes back to diagnosing when it may act.
+ACTIVE_STATES = ("open", "diagnosing", "remediating", "verifying", "escalated")
+CLOSED_STATES = ("resolved", "failed")
+STATES = ("open", "diagnosing", "remediating", "verifying", "resolved", "escalated", "failed")
 LEDGER_RESULTS = ("ok", "failed", "denied", "dry_run", "unknown")
 
 # Which state may follow which. Closed states are final.
@@ -17,11 +20,15 @@ ALLOWED: dict[str, frozenset[str]] = {
     "diagnosing": frozenset({"remediating", "verifying", "resolved", "escalated", "failed"}),
     "remediating": frozenset({"verifying", "resolved", "escalated", "failed"}),
     "verifying": frozenset({"remediating", "resolved", "escalated", "failed"}),
+    "escalated": frozenset({"diagnosing", "verifying", "resolved", "failed"}),
 }
 
+# The first schema's active set (its partial index); kept as migration 1 wrote it.
 ACTIVE_SQL = "('open','diagnosing','remediating','verifying')"
-# The one SQL predicate for "this incident is active" (the partial unique index's too).
-ACTIVE_WHERE = f"state IN {ACTIVE_SQL}"
+# The one SQL predicate for "this incident is active" (the partial unique index's too):
+# an incident is open until it has a closed_at. Before schema 3 an escalation closed the
+# incident; such old rows keep their closed_at and stay closed.
+ACTIVE_WHERE = "closed_at IS NULL"
 
 MIGRATIONS: list[str] = [
     f"""
@@ -123,5 +130,11 @@ MIGRATIONS: list[str] = [
         at REAL NOT NULL
     );
     CREATE INDEX alert_deliveries_incident ON alert_deliveries (incident_id, fingerprint, id);
+    """,
+    # 3: an escalated incident stays open while its target is sick; "active" is
+    # closed_at IS NULL, so old closed escalations stay closed.
+    """
+    DROP INDEX one_active_incident_per_target;
+    CREATE UNIQUE INDEX one_active_incident_per_target ON incidents (target) WHERE closed_at IS NULL;
     """,
 ]

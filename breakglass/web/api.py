@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from breakglass.store import CLOSED_STATES, STATES
+from breakglass.store import STATES
 from breakglass.web.auth import current_user
 from breakglass.web.body import load_json, validate
 from breakglass.web.context import MAX_ID, ApiError, web_context
@@ -116,7 +116,7 @@ def incident_json(row: dict[str, Any]) -> dict[str, Any]:
         "who": row.get("who"),
         "reason": row.get("reason"),
         "state": row["state"],
-        "active": row["state"] not in CLOSED_STATES,
+        "active": row.get("closed_at") is None,
         "opened_at": row["opened_at"],
         "closed_at": row.get("closed_at"),
         "report": row.get("report"),
