@@ -1,11 +1,11 @@
 # make demo: install, then run the simulator + watchdog + page on 127.0.0.1
-# make test: install, then run the whole suite
+# make test: install (the venv, and the Debian tools the suite runs when missing), then run the whole suite
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install debian-deps demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,10 +15,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# apt-get as root; otherwise prints the command to run (skipped suites are named at the end).
+debian-deps:
+	scripts/install-debian-deps
+
 demo: $(STAMP)
 	$(BIN)/breakglass demo
 
-test: $(STAMP)
+test: $(STAMP) debian-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider

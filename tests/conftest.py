@@ -14,11 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import Servers
+from suite_guard import _nothing_left_running, pytest_terminal_summary  # noqa: F401  (run-wide guards)
 
 from breakglass.config import LogSettings
 from breakglass.log import configure_logging
-from breakglass.sim.runner import SimHandle, SimThread
+from breakglass.sim.runner import SimHandle
 from breakglass.store import Store
+
+pytest_plugins = ["pytester"]
 
 
 class FakeClock:
@@ -65,15 +69,21 @@ def _no_model_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def sim(tmp_path: Path) -> Iterator[SimHandle]:
+def servers() -> Iterator[Servers]:
+    """Start servers through this; they stop newest first when the test ends (see tests/servers.py)."""
+    with Servers() as started:
+        yield started
+
+
+@pytest.fixture
+def sim(servers: Servers, tmp_path: Path) -> SimHandle:
     """A running simulator (``test`` profile) in ``tmp_path/sim``.
 
     Gives ``.devvm_port``, ``.pve_port``, ``.control_url``, ``.config_path``,
     ``.config`` (the loaded Config), ``.vm`` (the SimVM), ``.inject(fault)``,
     ``.clear()`` and ``.state()``.
     """
-    with SimThread() as thread:
-        yield thread.serve(tmp_path / "sim", "test")
+    return servers.sim(tmp_path / "sim", "test")
 
 
 @dataclass

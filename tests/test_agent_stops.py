@@ -12,13 +12,14 @@ import anthropic
 import pytest
 from agent_support import agent_core, assert_conversation_is_well_formed, manual, steps
 from harness import override, power_verbs, wait_for
+from servers import Servers
 
 from breakglass.agent.tools import Toolbox, ToolResult
 from breakglass.core import watch_loop_lag
 from breakglass.incidents.context import RemediationContext
 from breakglass.metrics import Metrics
 from breakglass.remote import DevvmShell, PveClient
-from breakglass.sim.fake_messages import FakeMessagesServer, Script, invalid_request
+from breakglass.sim.fake_messages import Script, invalid_request
 from breakglass.sim.runner import SimHandle
 
 __all__ = ["agent_core"]  # the fixture, imported for pytest
@@ -28,7 +29,7 @@ def _results(inc: dict[str, Any]) -> list[dict[str, Any]]:
     return steps(inc, "tool_result")
 
 
-def test_the_fake_answers_400_to_tool_blocks_without_tools_like_the_real_api() -> None:
+def test_the_fake_answers_400_to_tool_blocks_without_tools_like_the_real_api(servers: Servers) -> None:
     history = [
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "pve", "input": {}}]},
@@ -36,14 +37,11 @@ def test_the_fake_answers_400_to_tool_blocks_without_tools_like_the_real_api() -
     ]
     assert "must define tools" in (invalid_request({"messages": history}) or "")
     assert invalid_request({"messages": history, "tools": [{"name": "pve"}]}) is None
-    fake = FakeMessagesServer(Script({"turns": [{"content": [{"type": "text", "text": "ok"}]}]})).start()
-    try:
-        client = anthropic.Anthropic(api_key="k", base_url=fake.base_url, max_retries=0)
-        with pytest.raises(anthropic.BadRequestError, match="must define tools"):
-            client.messages.create(model="m", max_tokens=10, messages=history)  # type: ignore[arg-type]
-        client.close()
-    finally:
-        fake.stop()
+    fake = servers.fake_messages(Script({"turns": [{"content": [{"type": "text", "text": "ok"}]}]}))
+    client = anthropic.Anthropic(api_key="k", base_url=fake.base_url, max_retries=0)
+    with pytest.raises(anthropic.BadRequestError, match="must define tools"):
+        client.messages.create(model="m", max_tokens=10, messages=history)  # type: ignore[arg-type]
+    client.close()
 
 
 def test_a_refusal_hands_the_incident_to_the_runbook_with_the_reason(agent_core: Any, sim: SimHandle) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -13,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import waitress
 from api_support import API_TOKEN, TriggerCore, counts, make_app, with_tokens
 from flask import Flask
 from flask.testing import FlaskClient
-from harness import override, start_core
+from harness import override
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from servers import Servers
 from web_support import web_config
 
 from breakglass.config import Config, read_secret
@@ -222,14 +221,14 @@ def test_generated_bodies_never_get_a_5xx_and_a_4xx_changes_nothing(
         assert (counts(store), len(store.grants("devvm"))) == before
 
 
-def test_100_concurrent_manual_triggers_and_webhook_posts_make_one_incident(sim: SimHandle) -> None:
+def test_100_concurrent_manual_triggers_and_webhook_posts_make_one_incident(
+    sim: SimHandle, servers: Servers
+) -> None:
     # Verification lasts many probe rounds, so the incident stays active through the burst.
     cfg = override(sim.config, incidents={"verify_rounds": 50})
-    running = start_core(cfg)
+    running = servers.core(cfg)
     app = create_app(cfg, store=running.store, metrics=running.metrics, core=running.handle)
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=16)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    server = servers.web(app, threads=16, store=running.store)
     base = f"http://127.0.0.1:{server.effective_port}/api/v1"
     api = {"Authorization": f"Bearer {read_secret(cfg.web.api_token_file)}"}
     hook = {"Authorization": f"Bearer {read_secret(cfg.web.webhook_token_file)}"}
@@ -249,14 +248,10 @@ def test_100_concurrent_manual_triggers_and_webhook_posts_make_one_incident(sim:
         body = {"version": "4", "groupKey": "g", "status": "firing", "receiver": "bg", "alerts": [alert]}
         return _post(f"{base}/alertmanager", body, hook)
 
-    try:
-        with ThreadPoolExecutor(max_workers=32) as pool:
-            futures = [pool.submit(manual if i % 2 else webhook, i) for i in range(100)]
-            answers = [f.result(timeout=60) for f in futures]
-    finally:
-        server.close()
-        thread.join(10)
-        running.stop()
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        futures = [pool.submit(manual if i % 2 else webhook, i) for i in range(100)]
+        answers = [f.result(timeout=60) for f in futures]
+    servers.close()
     assert {status for status, _ in answers} <= {200, 201}
     ids = {b["id"] for s, b in answers if "id" in b} | {
         a["incident_id"] for s, b in answers for a in b.get("alerts", ())

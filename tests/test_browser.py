@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import shutil
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import start_core
+from servers import Servers
 
 from breakglass.config import Config
+from breakglass.sim.runner import SimHandle
 from breakglass.web.app import create_app
-from breakglass.web.server import WebServer
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -29,21 +27,13 @@ pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian's
 
 
 @pytest.fixture
-def demo_url(sim) -> Iterator[str]:
-    """The full service (real core, real waitress) in demo mode against the simulator."""
+def demo_url(sim: SimHandle, servers: Servers) -> str:
+    """The full service (real core, breakglass's server) in demo mode against the simulator."""
     cfg: Config = sim.config.model_copy(update={"demo": True, "sim_control_url": sim.control_url})
-    running = start_core(cfg)
+    running = servers.core(cfg)
     app = create_app(cfg, store=running.store, metrics=running.metrics, core=running.handle)
-    server = WebServer(app, host="127.0.0.1", port=0, threads=8)
-    running.store.on_commit(server.hub.changed)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.effective_port}/"
-    finally:
-        server.close()
-        thread.join(5)
-        running.stop()
+    server = servers.web(app, threads=8, store=running.store)
+    return f"http://127.0.0.1:{server.effective_port}/"
 
 
 def test_io_stall_injected_from_the_page_opens_an_incident_that_resolves_without_a_reload(

@@ -9,23 +9,22 @@ import sqlite3
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness import wait_for
+from servers import Servers
 
-from breakglass.sim.runner import SimHandle, SimThread
+from breakglass.sim.runner import SimHandle
 from breakglass.sim.vm import SimTiming
 
 
 @pytest.fixture
-def slow_cycle_sim(tmp_path: Path) -> Iterator[SimHandle]:
+def slow_cycle_sim(tmp_path: Path, servers: Servers) -> SimHandle:
     """A test-profile simulator whose Proxmox host takes 3 s to stop a VM (a cycle stays in flight)."""
     timing = dataclasses.replace(SimTiming.profile("test"), stop_seconds=3.0)
-    with SimThread() as thread:
-        yield thread.serve(tmp_path / "sim", "test", timing=timing)
+    return servers.sim(tmp_path / "sim", "test", timing=timing)
 
 
 def _serve(config: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -11,17 +11,17 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import FakeClock
 from harness import wait_for
+from servers import Servers
 
 from breakglass.config import BudgetSettings
 from breakglass.incidents.governor import Governor
 from breakglass.remote import CommandResult, PveClient, Verb
-from breakglass.sim.runner import SimHandle, SimThread
+from breakglass.sim.runner import SimHandle
 from breakglass.sim.vm import SimTiming
 from breakglass.store import Store
 
@@ -162,11 +162,10 @@ def test_a_grant_does_not_skip_the_minimum_gap(sim: SimHandle, store: Store, clo
 
 
 @pytest.fixture
-def slow_stop_sim(tmp_path: Path) -> Iterator[SimHandle]:
+def slow_stop_sim(tmp_path: Path, servers: Servers) -> SimHandle:
     """A simulator whose Proxmox host takes 3 s to stop the VM, so a cycle stays in flight."""
     timing = dataclasses.replace(SimTiming.profile("test"), stop_seconds=3.0)
-    with SimThread() as thread:
-        yield thread.serve(tmp_path / "sim", "test", timing=timing)
+    return servers.sim(tmp_path / "sim", "test", timing=timing)
 
 
 def test_a_verb_cancelled_in_flight_is_recorded_unknown_and_still_counts(

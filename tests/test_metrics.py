@@ -285,7 +285,7 @@ def test_the_output_has_no_created_series_and_every_family_is_prefixed(metrics: 
 def test_promtool_accepts_the_output(metrics: Metrics) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool is not installed (Debian package 'prometheus'; .ci/run installs it)")
+        pytest.skip("promtool is not installed (Debian package 'prometheus'; make test installs it as root)")
     exercise(metrics)
     out = subprocess.run(
         [promtool, "check", "metrics"],

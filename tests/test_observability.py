@@ -35,6 +35,7 @@ from promstack import (
     prometheus_binary,
     rules_with_for,
 )
+from servers import Servers
 
 from breakglass.metrics import Metrics
 
@@ -55,7 +56,7 @@ needs_amtool = pytest.mark.skipif(
 )
 needs_servers = pytest.mark.skipif(
     prometheus_binary() is None or alertmanager_binary() is None,
-    reason="Debian's prometheus and prometheus-alertmanager are not installed (.ci/run installs them)",
+    reason="Debian's prometheus and prometheus-alertmanager are not installed (make test installs them)",
 )
 
 
@@ -396,14 +397,12 @@ def test_the_test_copy_of_the_rules_scales_for_durations_and_nothing_else(tmp_pa
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Simulator, serve (own rules slowed), Alertmanager and Prometheus on loopback."""
-    s = Stack(tmp_path_factory.mktemp("promstack"))
-    try:
+    with Servers() as servers:
+        s = servers.stack(tmp_path_factory.mktemp("promstack"))
         s.start_all(quiet_watchdog=True, for_scale=SCALE)
         # Wait for the first scrapes: Prometheus applies new scrape targets every 5 s.
         s.wait(lambda: s.query(f'up{{job="{JOB}"}} == 1'), 20, "Prometheus to scrape serve")
         yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture(scope="module")

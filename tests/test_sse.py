@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import waitress
 from api_support import TriggerCore, make_app
+from servers import Servers
 from web_support import web_config
 
 from breakglass.store import Store
-from breakglass.web.server import WebServer
 
 
 class Stream:
@@ -58,7 +56,7 @@ class Stream:
 
 
 @pytest.fixture
-def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, Store]]:
+def served(request: pytest.FixtureRequest, tmp_path: Path, servers: Servers) -> Iterator[tuple[int, Store]]:
     """A real server on an ephemeral port with a short keepalive interval.
 
     By default breakglass's server (what ``serve`` runs): streams on its loop, woken by
@@ -69,17 +67,12 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int
     core = TriggerCore(web_config(tmp_path), store)
     app = make_app(core.cfg, store, core)
     app.config.update(SSE_KEEPALIVE_SECONDS=0.2, SSE_POLL_SECONDS=0.05)
-    server: Any
     if getattr(request, "param", "breakglass") == "waitress":
-        server = waitress.create_server(app, host="127.0.0.1", port=0, threads=6)
+        port = servers.waitress(app, threads=6).port
     else:
-        server = WebServer(app, host="127.0.0.1", port=0, threads=4)
-        store.on_commit(server.hub.changed)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    yield server.effective_port, store
-    server.close()
-    thread.join(5)
+        port = servers.web(app, threads=4, store=store).effective_port
+    yield port, store
+    servers.close()
     store.close()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -11,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import waitress
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import CollectorRegistry
+from servers import Servers
 from web_support import StoreCore, healthy_readings, record_power_action, web_config
 
 from breakglass.config import Config
@@ -349,33 +348,25 @@ def test_every_response_carries_the_security_headers(client: FlaskClient, path: 
 
 
 def test_waitress_threads_serve_the_api_while_another_thread_writes_the_store(
-    app: Flask, store: Store
+    app: Flask, store: Store, servers: Servers
 ) -> None:
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4, ident="breakglass")
-    serving = threading.Thread(target=server.run, name="web", daemon=True)
-    serving.start()
-    base = f"http://127.0.0.1:{server.effective_port}"
+    base = servers.waitress(app, threads=4, ident="breakglass").url
 
     def get(path: str) -> tuple[int, dict[str, Any], str]:
         with urllib.request.urlopen(base + path, timeout=10) as r:
             return r.status, json.loads(r.read()), r.headers["X-Frame-Options"]
 
-    try:
-        with ThreadPoolExecutor(max_workers=6) as pool:
-            answers = [pool.submit(get, p) for p in ("/api/v1/incidents", "/api/v1/status", "/readyz") * 20]
-            for i in range(20):
-                store.add_readings(healthy_readings("devvm", at=2000.0 + i))
-                resolve(store, open_incident(store, "devvm"))
-            results = [a.result() for a in answers]
-        assert {status for status, _, _ in results} == {200}
-        assert {frame for _, _, frame in results} == {"DENY"}
-        _, body, _ = get("/api/v1/incidents?limit=500")
-        assert len(body["incidents"]) == 20
-        assert get("/api/v1/status")[1]["targets"][0]["readings"]["at"] == 2019.0
-    finally:
-        server.close()
-        serving.join(5)
-    assert not serving.is_alive()
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = [pool.submit(get, p) for p in ("/api/v1/incidents", "/api/v1/status", "/readyz") * 20]
+        for i in range(20):
+            store.add_readings(healthy_readings("devvm", at=2000.0 + i))
+            resolve(store, open_incident(store, "devvm"))
+        results = [a.result() for a in answers]
+    assert {status for status, _, _ in results} == {200}
+    assert {frame for _, _, frame in results} == {"DENY"}
+    _, body, _ = get("/api/v1/incidents?limit=500")
+    assert len(body["incidents"]) == 20
+    assert get("/api/v1/status")[1]["targets"][0]["readings"]["at"] == 2019.0
 
 
 # -- with the real core -------------------------------------------------------

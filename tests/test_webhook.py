@@ -6,18 +6,17 @@ import http.client
 import io
 import json
 import sqlite3
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import waitress
 from api_support import WEBHOOK_TOKEN, TriggerCore, counts, make_app, with_tokens
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from servers import Servers
 from web_support import web_config
 
 from breakglass.config import Config
@@ -182,28 +181,28 @@ def test_a_body_over_one_mebibyte_is_refused_with_413(client: FlaskClient, store
     assert store.list_incidents() == []
 
 
-def test_a_chunked_body_over_the_cap_is_refused_by_the_real_server(app: Flask, store: Store) -> None:
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4)
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
+@pytest.mark.parametrize("server", ["breakglass", "waitress"])
+def test_a_chunked_body_over_the_cap_is_refused_by_the_real_server(
+    app: Flask, store: Store, servers: Servers, server: str
+) -> None:
+    port = servers.web(app).effective_port if server == "breakglass" else servers.waitress(app).port
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    chunk = b"x" * 65536
+    conn.putrequest("POST", "/api/v1/alertmanager")
+    conn.putheader("Authorization", AUTH["Authorization"])
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=10)
-        chunk = b"x" * 65536
-        conn.putrequest("POST", "/api/v1/alertmanager")
-        conn.putheader("Authorization", AUTH["Authorization"])
-        conn.putheader("Content-Type", "application/json")
-        conn.putheader("Transfer-Encoding", "chunked")
-        conn.endheaders()
         for _ in range(20):  # 1.25 MiB in all
             conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         conn.send(b"0\r\n\r\n")
-        resp = conn.getresponse()
-        assert resp.status == 413
-        resp.read()
-        conn.close()
-    finally:
-        server.close()
-        t.join(5)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # a server may answer and hang up before the whole body is sent
+    resp = conn.getresponse()
+    assert resp.status == 413
+    resp.read()
+    conn.close()
     assert store.list_incidents() == []
 
 

@@ -1,0 +1,110 @@
+"""Guards for the whole run (a pytest plugin loaded by conftest.py).
+
+- The run fails if it leaves a child process or a server/non-daemon thread
+  behind: whatever a test starts, it stops (tests/servers.py does it for servers).
+- Every skipped test is named, with its reason, in a loud block at the end of
+  the run, so a suite that did not run (a Debian tool missing) is never
+  mistaken for one that passed.
+
+Thread exceptions, unraisable exceptions and ResourceWarnings are errors through
+``filterwarnings`` in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Threads our servers start, daemon or not: none may outlive the run.
+SERVER_THREADS = ("breakglass-", "waitress", "web-loop-", "fake-messages")
+INSTALL_HINT = "scripts/install-debian-deps (run by `make test`) installs the Debian tools as root"
+
+
+def child_processes() -> list[str]:
+    """This process's children (zombies included), as ``pid name (state)``."""
+    me = os.getpid()
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone while we looked
+            continue
+        name_end = text.rindex(")")
+        state, ppid = text[name_end + 2 :].split()[:2]
+        if int(ppid) == me:
+            pid, _, name = text[:name_end].partition(" (")
+            found.append(f"{pid} {name} ({state})")
+    return sorted(found)
+
+
+def leftover_threads() -> list[threading.Thread]:
+    """Threads other than the main one that are not daemons or that belong to a server."""
+    main = threading.main_thread()
+    return [
+        t
+        for t in threading.enumerate()
+        if t is not main and t.is_alive() and (not t.daemon or t.name.startswith(SERVER_THREADS))
+    ]
+
+
+def leftovers(within: float = 5.0) -> list[str]:
+    """What is still running, after waiting up to ``within`` s for it to end."""
+    deadline = time.monotonic() + within
+    while True:
+        threads, children = leftover_threads(), child_processes()
+        if not (threads or children) or time.monotonic() >= deadline:
+            break
+        if threads:
+            threads[0].join(min(0.1, max(0.0, deadline - time.monotonic())))
+        else:
+            time.sleep(0.05)
+    return [f"child process {c}" for c in children] + [
+        f"thread {t.name!r} ({'daemon' if t.daemon else 'non-daemon'})" for t in threads
+    ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_running(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the run if it leaves a child process or a thread behind."""
+    yield
+    left = leftovers()
+    if not left:
+        return
+    message = "the test run left these running:\n  " + "\n  ".join(left)
+    if request.session.shouldstop or request.session.shouldfail:
+        # Stopped early (-x): the run has failed already; failing here would crash pytest's exit.
+        request.config.get_terminal_writer().line(message, red=True, bold=True)
+        return
+    pytest.fail(message, pytrace=False)
+
+
+def _reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple):
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterator[None]:
+    """Name every skipped test and why, in red, after everything else (pytest's short summary too)."""
+    yield
+    skipped: list[pytest.TestReport] = terminalreporter.stats.get("skipped", [])
+    by_reason: dict[str, list[str]] = {}
+    for report in skipped:
+        by_reason.setdefault(_reason(report), []).append(report.nodeid)
+    if not by_reason:
+        return None
+    terminalreporter.section("SKIPPED: these tests did not run", sep="!", red=True, bold=True)
+    for reason, ids in sorted(by_reason.items()):
+        files = sorted({nodeid.split("::")[0] for nodeid in ids})
+        terminalreporter.write_line(
+            f"SKIPPED {len(ids)} test(s) in {', '.join(files)}: {reason}", red=True, bold=True
+        )
+    terminalreporter.write_line(INSTALL_HINT, red=True, bold=True)
+    return None

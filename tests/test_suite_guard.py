@@ -1,0 +1,82 @@
+"""The run-wide guards catch what they promise: a thread's exception, a ResourceWarning and a
+leftover child process each fail a run; a skipped test is named in the closing summary."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+PYPROJECT = TESTS.parent / "pyproject.toml"
+
+INNER = '''
+import atexit
+import gc
+import subprocess
+import threading
+
+import pytest
+
+
+def test_a_thread_that_raises():
+    t = threading.Thread(target=lambda: 1 / 0, name="doomed")
+    t.start()
+    t.join()
+
+
+def test_a_file_left_open():
+    f = open(__file__)
+    del f
+    gc.collect()
+
+
+@pytest.mark.skip(reason="Debian's prometheus is not installed")
+def test_needs_prometheus():
+    pass
+
+
+def test_fine():
+    pass
+
+
+def test_zz_leaves_a_child_running():
+    child = subprocess.Popen(["sleep", "60"])
+    atexit.register(child.kill)  # the guard must notice it first; then it goes
+'''
+
+
+def test_the_guards_fail_thread_exceptions_resource_warnings_leftover_children_and_name_skips(
+    pytester: pytest.Pytester,
+) -> None:
+    # One inner run (a few seconds) with this project's warning filters and tests/suite_guard.py.
+    filters = tomllib.loads(PYPROJECT.read_text())["tool"]["pytest"]["ini_options"]["filterwarnings"]
+    pytester.makeini("[pytest]\nfilterwarnings =\n" + "".join(f"    {f}\n" for f in filters))
+    pytester.makeconftest(
+        f"import sys\nsys.path.insert(0, {str(TESTS)!r})\n"
+        "from suite_guard import _nothing_left_running, pytest_terminal_summary  # noqa: F401\n"
+    )
+    pytester.makepyfile(test_inner=INNER)
+    inner = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", timeout=60)
+    lines = inner.stdout.lines
+    text = "\n".join(lines)
+
+    # An exception in a thread and a ResourceWarning each fail the test they happened in.
+    outcomes = inner.parseoutcomes()
+    assert (outcomes.get("failed"), outcomes.get("passed")) == (2, 2), text
+    inner.stdout.fnmatch_lines(
+        ["FAILED test_inner.py::test_a_thread_that_raises*", "FAILED test_inner.py::test_a_file_left_open*"],
+        consecutive=False,
+    )
+
+    # A child process still running at the end fails the run, naming it.
+    assert outcomes.get("errors") == 1, text
+    inner.stdout.fnmatch_lines(["*the test run left these running:*", "*child process * sleep (*)*"])
+    assert inner.ret != 0
+
+    # The skipped test is named with its reason after pytest's own short summary.
+    block = next(i for i, line in enumerate(lines) if "SKIPPED: these tests did not run" in line)
+    assert "!!!" in lines[block]
+    assert "SKIPPED 1 test(s) in test_inner.py: Debian's prometheus is not installed" in lines[block + 1]
+    assert block > max(i for i, line in enumerate(lines) if "short test summary info" in line), text
