@@ -210,3 +210,15 @@ def test_the_status_with_its_activity_matches_the_openapi_document(live: Live) -
     # Every reason code the core can give is in the document's enum.
     codes = set(doc["components"]["schemas"]["ReasonCode"]["enum"])
     assert {r["code"] for r in body["targets"][0]["activity"]["reasons"]} <= codes
+
+
+def test_the_budget_line_names_its_window_and_gap_and_warns_when_spent(live: Live) -> None:
+    live.round(healthy_readings("devvm"))
+    text = re.sub(r"<[^>]+>", "", live.page())
+    assert "3 of 3 left in any 6 h, at least 10 min apart" in text
+    for verb in ("cycle", "reset", "start"):
+        row = live.store.ledger_insert("devvm", None, verb, "runbook", decision={})
+        live.store.ledger_finish(row, "ok")
+    text = re.sub(r"<[^>]+>", "", live.page())
+    assert "0 of 3 left in any 6 h" in text
+    assert "spent: the watchdog cannot power-cycle this VM until then" in text

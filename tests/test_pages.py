@@ -341,3 +341,4 @@ def test_charts_have_a_real_time_span_value_axes_thresholds_bands_and_a_disk_cha
     # Self-contained: no external asset, and the CSP stays strict.
     assert "http" not in "".join(charts).replace("http://www.w3.org", "")
     assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+
