@@ -22,6 +22,9 @@ REFUSED = [
     ("for i in 1; do sudo reboot; done", "pve"),
     ("sudo nohup env A=1 timeout 5 nice -n 5 shutdown -r now", "pve"),
     ("eval 'sudo reboot'", "pve"),
+    ("sudo systemctl start reboot.target", "pve"),
+    ("sudo busybox reboot", "pve"),
+    ("sudo su -c 'systemctl halt'", "pve"),
     ("sudo systemctl stop ssh", "access"),
     ("sudo systemctl --now disable sshd.service", "access"),
     ("sudo systemctl mask networking", "access"),
@@ -72,6 +75,7 @@ MUTATING = [
     "python3 -c 'import os'",
     "sudo bash /tmp/fix.sh",
     "uptime; sudo swapoff -a",
+    "sudo loginctl terminate-user alice",
 ]
 
 

@@ -42,6 +42,8 @@ CASES = [
     ),
     (ev(ssh="error", vm_status=None, pve_error="refused: connection refused"), set(), None),
     (ev(ssh="ok", guest_agent_ok=False), set(), None),
+    # the host's status is something else: cannot tell, even with an authorization
+    (ev(ssh="timeout", vm_status="unknown", authorized_by="viktor"), set(), None),
     # an authorization never lets a reset reuse a wedged QEMU
     (ev(ssh="timeout", qmp_ok=False, authorized_by="viktor"), {Verb.CYCLE, Verb.STOP}, Verb.CYCLE),
 ]

@@ -67,6 +67,10 @@ _SYSTEMCTL_POWER = frozenset(
         "exit", "switch-root",
     }
 )
+_POWER_TARGETS = frozenset(
+    {"poweroff", "reboot", "halt", "kexec", "shutdown", "rescue", "emergency", "suspend", "hibernate",
+     "hybrid-sleep", "suspend-then-hibernate", "soft-reboot", "ctrl-alt-del", "exit"}
+)
 _SYSTEMCTL_STOPS = frozenset({"stop", "disable", "mask", "kill", "freeze", "try-restart"})
 # Units whose loss cuts the watchdog's way in.
 _LIFELINE_UNITS = ("ssh", "sshd", "network", "networking", "networkmanager", "systemd-networkd",
@@ -219,6 +223,9 @@ def _judge_argv(argv: list[str], node: Any, j: Judgement, depth: int) -> None:
         return
     name = posixpath.basename(raw)
     args = argv[1:]
+    if name == "busybox" and args and args[0] not in ("sh", "ash", "bash"):
+        _judge_argv(args, node, j, depth)  # busybox APPLET ARGS is the applet itself
+        return
     if name in _SHELLS or name == "su":
         if "-c" in args and args.index("-c") + 1 < len(args):
             j.mutating = True
@@ -277,6 +284,10 @@ def _judge_systemctl(args: list[str], j: Judgement) -> None:
     units = words[1:]
     if verb in _SYSTEMCTL_POWER:
         j.refuse(f"refused: `systemctl {verb}` changes the guest's power state outside the budget; {HINT}")
+        return
+    power_targets = [u for u in units if u.split(".", 1)[0] in _POWER_TARGETS]
+    if power_targets and verb in ("start", "restart", "reload-or-restart", "try-restart"):
+        j.refuse(f"refused: `systemctl {verb} {' '.join(power_targets)}` powers off or reboots; {HINT}")
         return
     targets = any(u.endswith(".target") for u in units)
     if verb in _SYSTEMCTL_STOPS or (verb in ("restart", "start") and targets):
@@ -389,6 +400,10 @@ def _read_only(name: str, args: list[str]) -> bool:
         )
     if name == "mount":
         return not [a for a in low if not a.startswith("-")] or "--show" in low
+    if name == "loginctl":
+        verbs = [a for a in low if not a.startswith("-")]
+        looks = ("list", "show", "session-status", "user-status", "seat-status")
+        return not verbs or verbs[0].startswith(looks)
     if name == "swapon":
         return any(a in ("--show", "-s", "--summary") for a in low)
     if name == "awk":

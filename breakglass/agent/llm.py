@@ -39,7 +39,7 @@ from breakglass.agent.messages import (
     system_prompt,
     tool_output,
 )
-from breakglass.agent.tools import Sent, Toolbox
+from breakglass.agent.tools import BY_NAME, Sent, Toolbox
 from breakglass.config import AgentSettings
 from breakglass.incidents import policy
 from breakglass.incidents.context import RemediationContext, RemediationResult, Remediator
@@ -261,7 +261,11 @@ class _Loop:
             if block.type == "text" and block.text.strip():
                 self.ctx.record("agent_text", {"text": block.text})
             elif block.type == "tool_use" and resp.stop_reason == "tool_use":
-                self.ctx.record("tool_call", {"id": block.id, "name": block.name, "input": block.input})
+                tool = BY_NAME.get(block.name)
+                args = block.input if isinstance(block.input, dict) else {}
+                mutates = tool.mutates(args) if tool is not None else False
+                call = {"id": block.id, "name": block.name, "input": block.input, "mutates": mutates}
+                self.ctx.record("tool_call", call)
         self.messages.append({"role": "assistant", "content": [block_dict(b) for b in resp.content]})
         return resp
 

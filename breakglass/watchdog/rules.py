@@ -36,17 +36,8 @@ Boot grace
     The uptime comes from Proxmox (the QEMU process): a ``reset`` keeps the
     same QEMU process, so the caller's ``grace_until`` is what covers resets.
 
-Corroboration (``host_corroborates``)
-    A power verb is allowed only when the Proxmox host is reachable and agrees
-    that something is wrong: the VM is stopped or paused, QMP does not answer
-    or reports a run state other than "running", or the guest agent is dead.
-    One case with a healthy-looking host is also accepted: the guest actively
-    REFUSES SSH while the host answers. A refusal proves the network path to
-    the guest works, so the fault is the guest's sshd (the ``sshd_dead``
-    fault, whose least-force fix is ``reset``). A timeout proves nothing of
-    the kind and is not accepted. When the Proxmox host is unreachable, the
-    answer is always no: the failure may be on the watchdog's side of the
-    network, and acting blind could reboot a healthy VM.
+Corroboration before a power verb is not decided here: the evidence policy
+(:mod:`breakglass.incidents.policy`) is its one home.
 """
 
 from __future__ import annotations
@@ -368,29 +359,6 @@ def health_problems(readings: Readings, rules: RuleSettings) -> list[str]:
 def is_healthy(readings: Readings, rules: RuleSettings) -> bool:
     """True when this one round is fully green by the thresholds."""
     return not health_problems(readings, rules)
-
-
-def host_corroborates(readings: Readings) -> tuple[bool, str]:
-    """Whether the Proxmox side confirms the VM is sick, with the reason (see module doc)."""
-    r = readings
-    if not r.pve_ok:
-        err = r.pve_error or "no error given"
-        if not r.ssh_ok:
-            return False, f"observer-side: Proxmox host unreachable too ({err}); no action"
-        return False, f"Proxmox host unreachable ({err}); the host cannot confirm a fault"
-    if r.vm_status in _NOT_BOOTING_STATUSES:
-        return True, f"host reports the VM {r.vm_status}"
-    if r.qmp_ok is False:
-        return True, "host reports QMP unresponsive" + (f" (status {r.qmp_status})" if r.qmp_status else "")
-    if r.qmp_status is not None and r.qmp_status != "running":
-        return True, f"host reports QMP run state {r.qmp_status}"
-    if r.guest_agent_ok is False:
-        return True, "host reports the guest agent not answering"
-    if not r.ssh_ok and r.ssh_refused:
-        return True, ("guest refuses SSH while the host answers: the network path works, sshd is down")
-    if r.vm_status != "running":
-        return False, f"host reports VM status {r.vm_status or 'missing'}; cannot confirm a fault"
-    return False, "host side looks healthy: VM running, QMP and guest agent answer"
 
 
 @dataclass(frozen=True)
