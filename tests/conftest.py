@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from servers import Servers
 from suite_guard import _nothing_left_running, pytest_terminal_summary  # noqa: F401  (run-wide guards)
+from web_fixtures import app, cfg, client, core, metrics  # noqa: F401  (the web app's fixtures)
 
 from breakglass.config import LogSettings
 from breakglass.log import configure_logging

@@ -6,54 +6,23 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
-from api_support import API_TOKEN, TriggerCore, counts, make_app, with_tokens
-from flask import Flask
+from api_support import API_TOKEN, TriggerCore, counts
 from flask.testing import FlaskClient
 from harness import override
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import Servers
-from web_support import web_config
 
-from breakglass.config import Config, read_secret
+from breakglass.config import read_secret
 from breakglass.sim.runner import SimHandle
 from breakglass.store import Store
 from breakglass.web.app import create_app
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
-
-
-@pytest.fixture
-def cfg(tmp_path: Path) -> Config:
-    return with_tokens(web_config(tmp_path), tmp_path)
-
-
-@pytest.fixture
-def store(cfg: Config) -> Iterator[Store]:
-    s = Store(cfg.store_path)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def core(cfg: Config, store: Store) -> TriggerCore:
-    return TriggerCore(cfg, store)
-
-
-@pytest.fixture
-def app(cfg: Config, store: Store, core: TriggerCore) -> Flask:
-    return make_app(cfg, store, core)
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 def test_a_manual_trigger_opens_an_incident_then_attaches(client: FlaskClient, store: Store) -> None:

@@ -4,15 +4,12 @@ receiving an instruction as the operator's next user turn (real SDK, fake API, r
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
-import pytest
 from agent_support import agent_core, manual, steps
-from api_support import API_TOKEN, TriggerCore, counts, make_app, with_tokens
+from api_support import API_TOKEN, counts
 from flask.testing import FlaskClient
 from harness import wait_for
-from web_support import web_config
 
 from breakglass.incidents.manager import POWER_AUTHORIZED_BY
 from breakglass.store import Store
@@ -20,19 +17,6 @@ from breakglass.store import Store
 __all__ = ["agent_core"]  # the fixture, imported for pytest
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    """A fresh SQLite store."""
-    return Store(tmp_path / "breakglass.db")
-
-
-@pytest.fixture
-def client(tmp_path: Path, store: Store) -> FlaskClient:
-    """The real app over a core handle that writes to the real store, with an API token."""
-    cfg = with_tokens(web_config(tmp_path), tmp_path)
-    return make_app(cfg, store, TriggerCore(cfg, store)).test_client()
 
 
 def _instructions(store: Store, incident_id: int) -> list[dict[str, Any]]:

@@ -9,45 +9,24 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from readings_support import GiB, healthy_readings
 
 from breakglass import __version__
 from breakglass.metrics import CONDITIONS, Metrics
 from breakglass.watchdog.probes import Readings
 
 T0 = 1_800_000_000.0
-GiB = 1024**3
 
 
 def readings(**overrides: Any) -> Readings:
     """A healthy round for target "devvm", with ``overrides`` applied."""
     fields: dict[str, Any] = {
-        "target": "devvm",
-        "at": T0,
-        "duration_seconds": 0.5,
-        "ssh_ok": True,
-        "ssh_error": None,
-        "ssh_refused": False,
-        "ssh_login_seconds": 0.25,
-        "load1": 1.5,
-        "load5": 1.25,
-        "load15": 0.75,
-        "ncpu": 4,
-        "mem_total_bytes": 8 * GiB,
-        "mem_available_bytes": 6 * GiB,
-        "swap_total_bytes": 2 * GiB,
-        "swap_used_bytes": GiB // 2,
-        "disk_used_ratio": 0.42,
-        "failed_units": ("a.service", "b.service"),
-        "pve_ok": True,
-        "pve_error": None,
-        "vm_status": "running",
-        "qmp_ok": True,
-        "qmp_status": "running",
-        "guest_agent_ok": True,
+        "at": T0, "duration_seconds": 0.5, "ssh_login_seconds": 0.25, "load1": 1.5, "load5": 1.25,
+        "load15": 0.75, "mem_available_bytes": 6 * GiB, "swap_total_bytes": 2 * GiB,
+        "swap_used_bytes": GiB // 2, "disk_used_ratio": 0.42, "failed_units": ("a.service", "b.service"),
         "uptime_seconds": 5000.0,
     }
-    fields.update(overrides)
-    return Readings(**fields)
+    return healthy_readings(**{**fields, **overrides})
 
 
 SSH_DOWN: dict[str, Any] = {

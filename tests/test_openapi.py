@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,36 +36,6 @@ def doc() -> dict[str, Any]:
     text = (resources.files("breakglass.web") / "openapi.yaml").read_text(encoding="utf-8")
     loaded: dict[str, Any] = yaml.safe_load(text)
     return loaded
-
-
-@pytest.fixture
-def cfg(tmp_path: Path) -> Config:
-    return web_config(tmp_path)
-
-
-@pytest.fixture
-def store(cfg: Config) -> Iterator[Store]:
-    s = Store(cfg.store_path)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def core(cfg: Config, store: Store) -> StoreCore:
-    return StoreCore(cfg, store)
-
-
-@pytest.fixture
-def app(cfg: Config, store: Store, core: StoreCore) -> Flask:
-    metrics = Metrics(CollectorRegistry())
-    for t in cfg.targets:
-        metrics.init_target(t.name)
-    return create_app(cfg, store=store, metrics=metrics, core=core, testing=True)
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 @pytest.fixture

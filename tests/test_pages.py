@@ -7,31 +7,14 @@ import time
 from pathlib import Path
 
 import pytest
-from api_support import TriggerCore, counts, make_app
+from api_support import TriggerCore, counts
+from conftest import FakeClock
 from flask.testing import FlaskClient
-from web_support import healthy_readings, web_config
+from web_support import healthy_readings
 
 from breakglass.store import Store
 
 HOSTILE = "<script>alert(1)</script>"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    """A fresh SQLite store."""
-    return Store(tmp_path / "breakglass.db")
-
-
-@pytest.fixture
-def core(tmp_path: Path, store: Store) -> TriggerCore:
-    """A core handle that opens incidents in the real store."""
-    return TriggerCore(web_config(tmp_path), store)
-
-
-@pytest.fixture
-def client(core: TriggerCore, store: Store) -> FlaskClient:
-    """A test client of the real app."""
-    return make_app(core.cfg, store, core).test_client()
 
 
 def _token(client: FlaskClient) -> str:
@@ -300,21 +283,20 @@ def test_a_closed_incident_shows_time_to_detect_and_resolve_and_its_report(
 
 
 def test_charts_have_a_real_time_span_value_axes_thresholds_bands_and_a_disk_chart(
-    client: FlaskClient, store: Store
+    client: FlaskClient, store: Store, clock: FakeClock
 ) -> None:
     import dataclasses
 
-    now = time.time()
+    now = time.time()  # the page draws the last hours up to the real now
     # Ten minutes of rounds, SSH down for two of them, an incident over the outage.
     for i in range(21):
         r = healthy_readings("devvm", at=now - 600 + i * 30)
         if 8 <= i <= 11:
             r = dataclasses.replace(r, ssh_ok=False, ssh_login_seconds=None, load1=None, ncpu=None)
         store.add_readings(r)
+    clock.now = now - 600 + 8 * 30
     incident_id, _ = store.open_incident("devvm", "rule", "ssh down", "watchdog", {})
-    store._conn().execute(
-        "UPDATE incidents SET opened_at = ? WHERE id = ?", (now - 600 + 8 * 30, incident_id)
-    )
+    clock.now = now - 600 + 12 * 30
     store.transition(incident_id, "resolved", "green")
     r = client.get("/")
     html = r.get_data(as_text=True)

@@ -10,43 +10,25 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
+from readings_support import GiB
+from readings_support import healthy_readings as make_readings
 
 from breakglass.watchdog.probes import Readings, format_table, probe_target, readings_from_output
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def healthy_readings(**changes) -> Readings:
-    fields = {
-        "target": "devvm",
-        "at": 1_790_000_000.0,
-        "duration_seconds": 0.2,
-        "ssh_ok": True,
-        "ssh_error": None,
-        "ssh_refused": False,
-        "ssh_login_seconds": 0.05,
-        "load1": 0.5,
-        "load5": 0.4,
-        "load15": 0.3,
-        "ncpu": 4,
-        "mem_total_bytes": 8 * 2**30,
-        "mem_available_bytes": 6 * 2**30,
-        "swap_total_bytes": 2 * 2**30,
-        "swap_used_bytes": 0,
-        "disk_used_ratio": 0.44,
-        "failed_units": (),
-        "pve_ok": True,
-        "pve_error": None,
-        "vm_status": "running",
-        "qmp_ok": True,
-        "qmp_status": "running",
-        "guest_agent_ok": True,
+def healthy_readings(**changes: Any) -> Readings:
+    fields: dict[str, Any] = {
+        "at": 1_790_000_000.0, "duration_seconds": 0.2, "ssh_login_seconds": 0.05,
+        "mem_available_bytes": 6 * GiB, "swap_total_bytes": 2 * GiB, "disk_used_ratio": 0.44,
         "uptime_seconds": 1234.5,
     }
-    return Readings(**{**fields, **changes})
+    return make_readings(**{**fields, **changes})
 
 
 def test_it_turns_sick_guest_output_into_readings():

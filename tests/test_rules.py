@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from readings_support import PVE_DOWN, SSH_DOWN, healthy_readings
 
 from breakglass.config import RuleSettings
 from breakglass.watchdog.probes import Readings
@@ -43,63 +44,17 @@ RULES = RuleSettings(
 
 GiB = 1024**3
 
-SSH_DOWN_FIELDS: dict[str, Any] = {
-    "ssh_ok": False,
-    "ssh_error": "timeout",
-    "ssh_login_seconds": None,
-    "load1": None,
-    "load5": None,
-    "load15": None,
-    "ncpu": None,
-    "mem_total_bytes": None,
-    "mem_available_bytes": None,
-    "swap_total_bytes": None,
-    "swap_used_bytes": None,
-    "disk_used_ratio": None,
-    "failed_units": None,
-}
-
-PVE_DOWN_FIELDS: dict[str, Any] = {
-    "pve_ok": False,
-    "pve_error": "refused",
-    "vm_status": None,
-    "qmp_ok": None,
-    "qmp_status": None,
-    "guest_agent_ok": None,
-    "uptime_seconds": None,
-}
+SSH_DOWN_FIELDS = SSH_DOWN
+PVE_DOWN_FIELDS = PVE_DOWN
 
 
 def green(at: float = T0, **overrides: Any) -> Readings:
     """A fully healthy round, with ``overrides`` applied."""
     fields: dict[str, Any] = {
-        "target": "devvm",
-        "at": at,
-        "duration_seconds": 0.4,
-        "ssh_ok": True,
-        "ssh_error": None,
-        "ssh_refused": False,
-        "ssh_login_seconds": 0.2,
-        "load1": 0.5,
-        "load5": 0.4,
-        "load15": 0.3,
-        "ncpu": 8,
-        "mem_total_bytes": 16 * GiB,
-        "mem_available_bytes": 12 * GiB,
-        "swap_total_bytes": 2 * GiB,
-        "swap_used_bytes": 0,
-        "disk_used_ratio": 0.40,
-        "failed_units": (),
-        "pve_ok": True,
-        "pve_error": None,
-        "vm_status": "running",
-        "qmp_ok": True,
-        "qmp_status": "running",
-        "guest_agent_ok": True,
-        "uptime_seconds": 86_400.0,
+        "ssh_login_seconds": 0.2, "ncpu": 8, "mem_total_bytes": 16 * GiB, "mem_available_bytes": 12 * GiB,
+        "swap_total_bytes": 2 * GiB, "disk_used_ratio": 0.40, "uptime_seconds": 86_400.0,
     }
-    fields.update(overrides)
-    return Readings(**fields)
+    return healthy_readings(at=at, **{**fields, **overrides})
 
 
 def run(

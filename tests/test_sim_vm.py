@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from breakglass.sim.vm import FAULTS, SimTiming, SimVM
+from breakglass.sim.vm import FAULTS, ExecResult, SimTiming, SimVM
 
 FAST = SimTiming(boot_seconds=1.0, stop_seconds=0.0, command_latency_seconds=0.0,
                  slow_latency_seconds=0.05, qmp_timeout_seconds=0.05, hang_seconds=5.0,
@@ -314,20 +314,26 @@ def test_clear_restores_health_and_keeps_the_history(sim: SimVM) -> None:
     assert sim.pve_login() == "ok"
 
 
-def test_an_exec_under_io_stall_hangs_until_a_cycle_cuts_it_off(sim: SimVM) -> None:
-    async def scenario() -> tuple[float, int]:
-        sim.inject("io_stall")
-        started = time.monotonic()
-        task = asyncio.create_task(sim.devvm_exec("uptime"))
-        await asyncio.sleep(0.1)
-        assert not task.done()
-        await sim.pve_exec("cycle")
-        result = await asyncio.wait_for(task, 2)
-        return time.monotonic() - started, result.exit_status
+async def stalled(sim: SimVM, task: asyncio.Task[ExecResult], within: float = 2.0) -> None:
+    """Wait until ``task`` is waiting out a hang in the VM; fail if it finishes or never stalls."""
+    deadline = time.monotonic() + within
+    while sim.hanging_execs == 0:
+        assert not task.done(), f"the exec finished instead of stalling: {task.result()!r}"
+        assert time.monotonic() < deadline, f"the exec did not stall within {within} s"
+        await asyncio.sleep(0.01)
 
-    elapsed, status = asyncio.run(scenario())
-    assert status == 255
-    assert elapsed < 2
+
+def test_an_exec_under_io_stall_hangs_until_a_cycle_cuts_it_off(sim: SimVM) -> None:
+    async def scenario() -> int:
+        sim.inject("io_stall")
+        task = asyncio.create_task(sim.devvm_exec("uptime"))
+        await stalled(sim, task)
+        await sim.pve_exec("cycle")
+        result = await asyncio.wait_for(task, 2)  # hang_seconds is 5: only the cycle ends it sooner
+        return result.exit_status
+
+    assert asyncio.run(scenario()) == 255
+    assert sim.hanging_execs == 0
 
 
 def test_an_exec_hang_gives_up_after_hang_seconds(clock: FakeClock) -> None:
@@ -343,11 +349,12 @@ def test_a_stalled_exec_carries_on_when_the_stall_is_cleared(sim: SimVM) -> None
     async def scenario() -> str:
         sim.inject("network_partition")
         task = asyncio.create_task(sim.devvm_exec("hostname"))
-        await asyncio.sleep(0.1)
+        await stalled(sim, task)  # the partition holds the command
         sim.clear()
         return (await asyncio.wait_for(task, 2)).stdout
 
     assert asyncio.run(scenario()) == "devvm\n"
+    assert sim.hanging_execs == 0
 
 
 def test_memory_hog_slows_every_command(sim: SimVM) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,8 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from prometheus_client import CollectorRegistry
 from servers import Servers
-from web_support import StoreCore, healthy_readings, record_power_action, web_config
+from web_support import StoreCore, healthy_readings, record_power_action
 
 from breakglass.config import Config
 from breakglass.core import Core, CoreThread
@@ -32,38 +30,6 @@ SECURITY_HEADERS = {
     ),
     "Cache-Control": "no-store",
 }
-
-
-@pytest.fixture
-def cfg(tmp_path: Path) -> Config:
-    return web_config(tmp_path)
-
-
-@pytest.fixture
-def store(cfg: Config) -> Iterator[Store]:
-    s = Store(cfg.store_path)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def metrics() -> Metrics:
-    return Metrics(CollectorRegistry())
-
-
-@pytest.fixture
-def core(cfg: Config, store: Store) -> StoreCore:
-    return StoreCore(cfg, store)
-
-
-@pytest.fixture
-def app(cfg: Config, store: Store, metrics: Metrics, core: StoreCore) -> Flask:
-    return create_app(cfg, store=store, metrics=metrics, core=core, testing=True)
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 def open_incident(

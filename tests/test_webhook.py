@@ -6,20 +6,16 @@ import http.client
 import io
 import json
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from api_support import WEBHOOK_TOKEN, TriggerCore, counts, make_app, with_tokens
+from api_support import WEBHOOK_TOKEN, TriggerCore, counts
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import Servers
-from web_support import web_config
 
-from breakglass.config import Config
 from breakglass.store import Store
 
 AUTH = {"Authorization": f"Bearer {WEBHOOK_TOKEN}"}
@@ -53,33 +49,6 @@ def payload(*alerts: dict[str, Any], status: str = "firing") -> dict[str, Any]:
         "externalURL": "http://alertmanager:9093",
         "alerts": list(alerts),
     }
-
-
-@pytest.fixture
-def cfg(tmp_path: Path) -> Config:
-    return with_tokens(web_config(tmp_path), tmp_path)
-
-
-@pytest.fixture
-def store(cfg: Config) -> Iterator[Store]:
-    s = Store(cfg.store_path)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def core(cfg: Config, store: Store) -> TriggerCore:
-    return TriggerCore(cfg, store)
-
-
-@pytest.fixture
-def app(cfg: Config, store: Store, core: TriggerCore) -> Flask:
-    return make_app(cfg, store, core)
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 def post(client: FlaskClient, body: Any, headers: dict[str, str] | None = None) -> Any:

@@ -6,9 +6,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from readings_support import healthy_readings  # noqa: F401  (the one factory, re-exported)
+
 from breakglass.config import Config, SshEndpoint, Target
 from breakglass.store import Store
-from breakglass.watchdog.probes import Readings
 
 ACTIVE_STATES = ["open", "diagnosing", "remediating", "verifying"]
 
@@ -26,36 +27,6 @@ def web_config(tmp_path: Path, names: tuple[str, ...] = ("devvm", "other")) -> C
         for i, name in enumerate(names)
     )
     return Config(store_path=tmp_path / "breakglass.db", targets=targets)
-
-
-def healthy_readings(target: str, at: float | None = None) -> Readings:
-    """A green probe round for ``target``."""
-    return Readings(
-        target=target,
-        at=time.time() if at is None else at,
-        duration_seconds=0.4,
-        ssh_ok=True,
-        ssh_error=None,
-        ssh_refused=False,
-        ssh_login_seconds=0.12,
-        load1=0.5,
-        load5=0.4,
-        load15=0.3,
-        ncpu=4,
-        mem_total_bytes=8 * 2**30,
-        mem_available_bytes=5 * 2**30,
-        swap_total_bytes=2**30,
-        swap_used_bytes=0,
-        disk_used_ratio=0.41,
-        failed_units=(),
-        pve_ok=True,
-        pve_error=None,
-        vm_status="running",
-        qmp_ok=True,
-        qmp_status="running",
-        guest_agent_ok=True,
-        uptime_seconds=3600.0,
-    )
 
 
 class StoreCore:

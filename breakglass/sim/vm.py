@@ -94,6 +94,8 @@ class SimVM:
         self.vmid = vmid
         self.clock = clock
         self._lock = threading.RLock()
+        # Execs waiting out a hang right now: what a test waits on to know one is stalled.
+        self.hanging_execs = 0
         now = clock()
         self.guest = Guest.healthy(now)
         self._power: Literal["running", "stopped", "paused"] = "running"
@@ -229,14 +231,20 @@ class SimVM:
         """Wait until the hang ends; True when the same boot carries on, False otherwise."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timing.hang_seconds
-        while (left := deadline - loop.time()) > 0:
-            await asyncio.sleep(min(_HANG_POLL_SECONDS, left))
+        with self._lock:
+            self.hanging_execs += 1
+        try:
+            while (left := deadline - loop.time()) > 0:
+                await asyncio.sleep(min(_HANG_POLL_SECONDS, left))
+                with self._lock:
+                    if self.guest.boot_id != boot_id or self._power == "stopped":
+                        return False
+                    if not self._exec_hangs():
+                        return True
+            return False
+        finally:
             with self._lock:
-                if self.guest.boot_id != boot_id or self._power == "stopped":
-                    return False
-                if not self._exec_hangs():
-                    return True
-        return False
+                self.hanging_execs -= 1
 
     # ---- the Proxmox side --------------------------------------------------------
 
