@@ -33,7 +33,11 @@ def agent_core(
     os.symlink("/etc", runbooks / "escape")
 
     def start(
-        scenario: str, *, remediation: dict[str, Any] | None = None, **agent: Any
+        scenario: str,
+        *,
+        remediation: dict[str, Any] | None = None,
+        budget: dict[str, Any] | None = None,
+        **agent: Any,
     ) -> tuple[Running, FakeMessagesServer]:
         fake = servers.fake_messages(Script.load(SCENARIOS / f"{scenario}.json"))
         cfg = override(
@@ -46,6 +50,7 @@ def agent_core(
                 **agent,
             },
             remediation=remediation or {},
+            budget=budget or {},
         )
         return servers.core(cfg, tmp_path / f"{scenario}.db"), fake
 

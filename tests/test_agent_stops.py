@@ -102,6 +102,16 @@ def test_a_stop_from_the_model_is_never_left_standing(agent_core: Any, sim: SimH
     assert inc["state"] == "resolved", inc["report"]
 
 
+def test_a_stop_that_cannot_be_undone_escalates_saying_the_vm_is_stopped(
+    agent_core: Any, sim: SimHandle
+) -> None:
+    r, _fake = agent_core("stop_left_standing", budget={"max_actions": 1})
+    inc = r.wait_closed(manual(r, "desktop frozen", authorize_power=True), within=60)
+    assert power_verbs(sim.state()) == ["stop"]
+    assert inc["state"] == "escalated"
+    assert "the VM is stopped" in inc["report"]
+
+
 def test_a_hand_over_after_the_model_cycled_reports_the_cycle(agent_core: Any, sim: SimHandle) -> None:
     r, _fake = agent_core("cycle_then_unavailable")
     wait_for(lambda: r.core.feed.latest(r.target), within=10, what="a first probe round")

@@ -263,7 +263,8 @@ class _Loop:
             elif block.type == "tool_use" and resp.stop_reason == "tool_use":
                 tool = BY_NAME.get(block.name)
                 args = block.input if isinstance(block.input, dict) else {}
-                mutates = tool.mutates(args) if tool is not None else False
+                # mutates() may parse a command line: off the core loop.
+                mutates = await asyncio.to_thread(tool.mutates, args) if tool is not None else False
                 call = {"id": block.id, "name": block.name, "input": block.input, "mutates": mutates}
                 self.ctx.record("tool_call", call)
         self.messages.append({"role": "assistant", "content": [block_dict(b) for b in resp.content]})
