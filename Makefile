@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install debian-deps demo test lint bench clean
+.PHONY: install debian-deps demo test lint bench bench-fleet clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,6 +39,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/loop_lag.py
 	$(BIN)/python bench/agent_eval.py --fake tests/scenarios
 	$(BIN)/python bench/storage.py
+	$(BIN)/python bench/webhook.py
+
+# About 20 minutes: 100, 300 and 1000 targets for 3 minutes each, then detection at the
+# shipped defaults beside the stock Prometheus path (3 trials of two faults, real time).
+bench-fleet: $(STAMP)
+	$(BIN)/python bench/fleet.py
+	$(BIN)/python bench/detection_paths.py --defaults
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -82,6 +82,85 @@ def run_one(folder: Path, *, scale: float, interval: str, timeout: float) -> dic
         return {k: v - injected for k, v in seen.items()}
 
 
+# --defaults: the stock pipeline as issue 13 measured it, beside breakglass at its shipped defaults.
+STOCK_INTERVAL = "15s"  # scrape and evaluation
+STOCK_FOR = 60.0  # for: 1m on the SSH alert
+STOCK_GROUP_WAIT = "30s"
+SSH_ALERT = "BreakglassSshFailing"
+DEFAULTS_FAULTS = ("sshd_dead", "io_stall")
+
+
+def run_defaults(folder: Path, fault: str, timeout: float) -> dict[str, Any]:
+    """Inject ``fault`` into a fresh stack: breakglass at shipped defaults vs the stock alert path."""
+    with Stack(folder) as s:
+        s.start_all(
+            quiet_watchdog=False,
+            dry_run=True,
+            shipped_defaults=True,
+            for_scale=STOCK_FOR / shipped_for(SSH_ALERT),
+            scrape_interval=STOCK_INTERVAL,
+            evaluation_interval=STOCK_INTERVAL,
+            group_wait=STOCK_GROUP_WAIT,
+            group_interval="5m",
+        )
+        # Healthy and scraped (twice) before the fault, as in production.
+        s.wait(lambda: s.query('count_over_time(up{job="breakglass"}[40s]) >= 2'), 60, "two scrapes")
+        s.inject(fault)
+        injected = time.time()
+        seen: dict[str, float] = {}
+        deadline = time.monotonic() + timeout
+        while len(seen) < 2 and time.monotonic() < deadline:
+            now = time.time()
+            if "rule" not in seen:
+                rule = [i for i in s.incidents() if i["trigger"] == "rule"]
+                if rule:
+                    seen["rule"] = rule[-1]["opened_at"]
+            if "delivered" not in seen and s.metric("breakglass_alerts_received_total", status="firing") >= 1:
+                seen["delivered"] = now
+            time.sleep(0.25)
+        return {k: v - injected for k, v in seen.items()}
+
+
+def main_defaults(runs: int, timeout: float) -> int:
+    """``--defaults``: each fault ``runs`` times; print both paths and the ratio of the medians."""
+    from breakglass.config import ProbeSettings, RuleSettings
+
+    started = time.monotonic()
+    results: dict[str, list[dict[str, float]]] = {f: [] for f in DEFAULTS_FAULTS}
+    with tempfile.TemporaryDirectory(prefix="breakglass-paths-") as tmp:
+        for i in range(runs):
+            for fault in DEFAULTS_FAULTS:
+                r = run_defaults(Path(tmp) / f"{fault}{i}", fault, timeout)
+                results[fault].append(r)
+                print(
+                    f"{fault} run {i + 1}/{runs}: " + ", ".join(f"{k} {v:.1f}s" for k, v in r.items()),
+                    file=sys.stderr,
+                    flush=True,
+                )
+    p, rules = ProbeSettings(), RuleSettings()
+    print(
+        f"breakglass at its shipped defaults: interval {p.interval_seconds:g}s, connect timeout "
+        f"{p.connect_timeout_seconds:g}s, ssh_rounds {rules.ssh_rounds}"
+    )
+    print(
+        f"stock path: scrape and evaluation {STOCK_INTERVAL}, {SSH_ALERT} for: {duration(STOCK_FOR)}, "
+        f"group_wait {STOCK_GROUP_WAIT}, Alertmanager -> webhook"
+    )
+    print(f"runs: {runs} per fault, a fresh stack each; serve in dry run, so the fault stays for both paths")
+    print("seconds from inject, median / max\n")
+    print(f"{'fault':12} {'breakglass':>15} {'stock path':>15} {'ratio':>7}")
+    print("-" * 52)
+    missing = 0
+    for fault, rs in results.items():
+        rule = [r["rule"] for r in rs if "rule" in r]
+        stock = [r["delivered"] for r in rs if "delivered" in r]
+        missing += sum(1 for r in rs if len(r) < 2)
+        ratio = statistics.median(rule) / statistics.median(stock) if rule and stock else float("nan")
+        print(f"{fault:12} {_cell(rule):>15} {_cell(stock):>15} {ratio:6.2f}x")
+    print(f"\ntotal {time.monotonic() - started:.0f}s" + (f"; {missing} run(s) timed out" if missing else ""))
+    return 1 if missing else 0
+
+
 def _cell(values: list[float]) -> str:
     if not values:
         return "      -       "
@@ -92,29 +171,47 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``--runs`` times and print both paths' latencies and their ratio."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3, help="fresh stacks to run (default 3)")
-    ap.add_argument("--scale", type=float, default=1 / 30,
-                    help="multiplier for the shipped for: and group_wait (default 1/30: 30 s -> 1 s probes)")
+    ap.add_argument(
+        "--scale",
+        type=float,
+        default=1 / 30,
+        help="multiplier for the shipped for: and group_wait (default 1/30: 30 s -> 1 s probes)",
+    )
     ap.add_argument("--interval", default="1s", help="Prometheus scrape and evaluation interval (default 1s)")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for both paths per run")
+    ap.add_argument(
+        "--defaults",
+        action="store_true",
+        help="breakglass at its shipped defaults beside the stock path (15 s, for: 1m, "
+        "group_wait 30 s) on sshd_dead and io_stall",
+    )
     args = ap.parse_args(argv)
+    if args.defaults:
+        return main_defaults(args.runs, max(args.timeout, 240.0))
 
     started = time.monotonic()
     results: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="breakglass-paths-") as tmp:
         for i in range(args.runs):
-            results.append(run_one(Path(tmp) / f"run{i}", scale=args.scale, interval=args.interval,
-                                   timeout=args.timeout))
-            print(f"run {i + 1}/{args.runs}: " + ", ".join(f"{k} {v:.2f}s" for k, v in results[-1].items()),
-                  file=sys.stderr, flush=True)
+            results.append(
+                run_one(Path(tmp) / f"run{i}", scale=args.scale, interval=args.interval, timeout=args.timeout)
+            )
+            print(
+                f"run {i + 1}/{args.runs}: " + ", ".join(f"{k} {v:.2f}s" for k, v in results[-1].items()),
+                file=sys.stderr,
+                flush=True,
+            )
 
     probe = 1.0  # the test profile's probe.interval_seconds; vm_not_running_rounds is 1
     scrape = seconds(args.interval)
     for_s = shipped_for(ALERT) * args.scale
     wait_s = shipped_group_wait() * args.scale
     print(f"watchdog rules: probe interval {probe:g}s, vm_not_running_rounds 1 (profile test)")
-    print(f"alert path: scrape {args.interval}, evaluation {args.interval}, {ALERT} for {duration(for_s)} "
-          f"(shipped {duration(shipped_for(ALERT))} x {args.scale:.4g}), group_wait {duration(wait_s)} "
-          f"(shipped {duration(shipped_group_wait())} x {args.scale:.4g})")
+    print(
+        f"alert path: scrape {args.interval}, evaluation {args.interval}, {ALERT} for {duration(for_s)} "
+        f"(shipped {duration(shipped_for(ALERT))} x {args.scale:.4g}), group_wait {duration(wait_s)} "
+        f"(shipped {duration(shipped_group_wait())} x {args.scale:.4g})"
+    )
     print(f"runs: {args.runs}; serve in dry-run, so the VM stays down for both paths")
     print("seconds from inject, median / max; floor: the stated intervals added up (worst phase)")
     print()

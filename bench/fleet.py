@@ -14,8 +14,9 @@ of ``--duration`` seconds is measured:
   and late starts (more than 1 s after their slot) from
   ``breakglass_probe_round_lateness_seconds``;
 - false incidents: every incident opened in the window (the VMs are healthy);
-- ``GET /`` and ``GET /metrics``: the wall time of one request of each every
-  5 s during the window, p50 / max.
+- ``GET /`` every 5 s (a person reloading) and ``GET /metrics`` every 15 s (a
+  Prometheus scrape) during the window: wall time p50 / max;
+- failed rounds: the commonest errors of rounds that were not fully green.
 
 ``--baseline REF`` runs the same fleet a second time with the serve of git
 revision REF (extracted with ``git archive``), in the same run.
@@ -47,7 +48,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from simchild import proc_cpu, simulators
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE_SECONDS = 5.0
+PAGE_EVERY_SECONDS = 5.0  # a person reloading the page
+SCRAPE_EVERY_SECONDS = 15.0  # Prometheus scraping /metrics
 
 
 def _free_port() -> int:
@@ -108,8 +110,13 @@ class Sampler(threading.Thread):
         self.stop_at = threading.Event()
 
     def run(self) -> None:
-        while not self.stop_at.wait(SAMPLE_SECONDS):
-            for path, into in (("/", self.page), ("/metrics", self.metrics)):
+        ticks = 0
+        while not self.stop_at.wait(PAGE_EVERY_SECONDS):
+            ticks += 1
+            paths = [("/", self.page)]
+            if ticks % round(SCRAPE_EVERY_SECONDS / PAGE_EVERY_SECONDS) == 0:
+                paths.append(("/metrics", self.metrics))
+            for path, into in paths:
                 try:
                     into.append(_get(self.base + path)[0])
                 except OSError:
@@ -117,7 +124,7 @@ class Sampler(threading.Thread):
 
 
 def run_case(
-    n: int, args: argparse.Namespace, tmp: Path, entries: list[dict[str, Any]], code: str
+    n: int, args: argparse.Namespace, tmp: Path, entries: list[dict[str, Any]], code: str, sims: int
 ) -> dict[str, Any]:
     """Run one serve over ``entries`` and measure it; ``code`` is "HEAD" or a git revision."""
     folder = tmp / f"{code}-n{n}"
@@ -165,7 +172,7 @@ def run_case(
                 time.sleep(0.5)
         time.sleep(args.interval + 10)  # every target has had its first round
         metrics0 = _get(base + "/metrics")[1].decode()
-        cpu0, t0, wall0 = proc_cpu(proc.pid), time.time(), time.monotonic()
+        cpu0, sim0, t0, wall0 = proc_cpu(proc.pid), proc_cpu(sims), time.time(), time.monotonic()
         sampler = Sampler(base)
         sampler.start()
         while time.monotonic() - wall0 < args.duration and proc.poll() is None:
@@ -175,7 +182,7 @@ def run_case(
         if proc.poll() is not None:
             out["died"] = f"serve exited {proc.returncode} during the window"
             return out
-        cpu1, t1, wall1 = proc_cpu(proc.pid), time.time(), time.monotonic()
+        cpu1, sim1, t1, wall1 = proc_cpu(proc.pid), proc_cpu(sims), time.time(), time.monotonic()
         out["rss"] = _rss_mib(proc.pid)
         metrics1 = _get(base + "/metrics")[1].decode()
     finally:
@@ -187,9 +194,18 @@ def run_case(
             proc.wait()
         log.close()
     out["cpu"] = 100 * (cpu1 - cpu0) / (wall1 - wall0)
+    out["sim_cpu"] = 100 * (sim1 - sim0) / (wall1 - wall0)
     db = sqlite3.connect(f"file:{folder / 'breakglass.db'}?mode=ro", uri=True)
     rows = db.execute(
         "SELECT target, json_extract(data, '$.duration_seconds') FROM readings WHERE at >= ? AND at < ?",
+        (t0, t1),
+    ).fetchall()
+    out["errors"] = db.execute(
+        "SELECT COALESCE(json_extract(data, '$.ssh_error'), '') || ' | ' || "
+        "COALESCE(json_extract(data, '$.pve_error'), '') AS e, COUNT(*) FROM readings "
+        "WHERE at >= ? AND at < ? "
+        "AND NOT (json_extract(data, '$.ssh_ok') AND json_extract(data, '$.pve_ok')) "
+        "GROUP BY e ORDER BY 2 DESC LIMIT 3",
         (t0, t1),
     ).fetchall()
     out["false_incidents"] = db.execute(
@@ -232,7 +248,7 @@ def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None
     head = (
         f"{'code':8} {'targets':>7} {'serve CPU %':>11} {'RSS MiB':>8} {'round p50 s':>11} "
         f"{'round p99 s':>11} {'rounds':>7} {'missed':>6} {'late>1s':>7} {'false inc':>9} "
-        f"{'/ ms p50/max':>14} {'/metrics ms p50/max':>19}"
+        f"{'/ ms p50/max':>14} {'/metrics ms p50/max':>19} {'sim CPU %':>9}"
     )
     print(head)
     print("-" * len(head))
@@ -244,9 +260,11 @@ def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None
             f"{r['code']:8} {r['n']:>7} {r['cpu']:>11.1f} {r['rss']:>8.0f} "
             f"{r.get('p50', float('nan')):>11.3f} {r.get('p99', float('nan')):>11.3f} "
             f"{r['rounds']:>7} {r['missed']:>6} {r.get('late', '-')!s:>7} "
-            f"{r['false_incidents']:>9} {_ms(r['page']):>14} {_ms(r['metrics']):>19}"
+            f"{r['false_incidents']:>9} {_ms(r['page']):>14} {_ms(r['metrics']):>19} {r['sim_cpu']:>9.1f}"
             + (f"  ({r['http_errors']} HTTP errors)" if r["http_errors"] else "")
         )
+        for error, count in r["errors"]:
+            print(f"{'':17}failed rounds: {count} x {error}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bg-fleet-") as name:
         tmp = Path(name)
         for n in (int(x) for x in args.targets.split(",") if x):
-            with simulators(n, tmp / f"sims{n}") as (_, entries):
+            with simulators(n, tmp / f"sims{n}") as (sims, entries):
                 for code in ["HEAD", *([args.baseline] if args.baseline else [])]:
-                    results.append(run_case(n, args, tmp, entries, code))
+                    results.append(run_case(n, args, tmp, entries, code, sims))
                     print(f"{code} n={n}: done", file=sys.stderr, flush=True)
     print_table(results, args)
     return 0

@@ -29,11 +29,13 @@ from breakglass.store import Store
 from breakglass.watchdog.links import ProbeLinks
 from breakglass.watchdog.probes import Readings, probe_target
 from breakglass.watchdog.rules import TargetState, evaluate, is_healthy, with_grace
-from breakglass.watchdog.scheduler import GridScheduler, spread
+from breakglass.watchdog.scheduler import GridScheduler, LagMonitor, spread
 
 log = structlog.get_logger("breakglass.core")
 READINGS_FLUSH_SECONDS = 1.0  # how often gathered readings are written, in one transaction
 LOOP_LAG_INTERVAL = 0.1
+# A round that timed out while the core loop ran this late is the observer's failure, not the VM's.
+OVERLOAD_LAG_SECONDS = 1.0
 T = TypeVar("T")
 
 
@@ -113,6 +115,8 @@ class Core:
         self._flusher: asyncio.Task[None] | None = None
         self._lag_task: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
+        self.lag = LagMonitor()
+        self._overload_logged_at = float("-inf")
         for name in self.targets:
             metrics.init_target(name)
             self._export_budget(name)
@@ -121,7 +125,7 @@ class Core:
 
     async def start(self, *, schedule: bool = True) -> None:
         """Recover the ledger, then start one probe job per target."""
-        self._lag_task = asyncio.create_task(watch_loop_lag(self.metrics), name="loop-lag")
+        self._lag_task = asyncio.create_task(watch_loop_lag(self.metrics, self.lag), name="loop-lag")
         unknown = self.governor.recover()
         if unknown:
             log.warning("ledger_recovered", unknown_outcomes=unknown)
@@ -237,6 +241,10 @@ class Core:
         rt = self.targets[readings.target]
         self._pending.append(readings)
         self.metrics.observe_readings(readings)
+        if self._inconclusive(readings):
+            # Stored and shown, but the rules neither count it nor reset on it.
+            await self.feed.publish(readings)
+            return readings
         ev = evaluate(rt.rules, readings, self.cfg.rules, self.clock())
         rt.rules, rt.conditions, rt.detail = ev.state, ev.active, dict(ev.detail)
         self.metrics.set_conditions(readings.target, ev.active)
@@ -263,6 +271,24 @@ class Core:
                 },
             )
         return readings
+
+    def _inconclusive(self, r: Readings) -> bool:
+        """A round that timed out while this process's own loop ran late proves nothing about the VM.
+
+        Refusals, host-key and login errors still count: only timeouts can be the observer's own.
+        """
+        timed_out = (r.ssh_error or "").startswith("timeout") or (r.pve_error or "").startswith("timeout")
+        if not timed_out:
+            return False
+        lag = self.lag.worst_since(time.monotonic() - r.duration_seconds - 1.0)
+        if lag < OVERLOAD_LAG_SECONDS:
+            return False
+        self.metrics.round_inconclusive()
+        now = time.monotonic()
+        if now - self._overload_logged_at > 60:
+            self._overload_logged_at = now
+            log.warning("probe_rounds_inconclusive", loop_lag_seconds=round(lag, 2), target=r.target)
+        return True
 
     # -- triggers and facade calls ---------------------------------------
 
@@ -385,13 +411,18 @@ class Core:
             m.agent_fallback(target, data["kind"])
 
 
-async def watch_loop_lag(metrics: Metrics, every: float = LOOP_LAG_INTERVAL) -> None:
+async def watch_loop_lag(
+    metrics: Metrics, monitor: LagMonitor | None = None, every: float = LOOP_LAG_INTERVAL
+) -> None:
     """Measure, forever, how late the running loop wakes for a timer: work blocking it shows up here."""
     loop = asyncio.get_running_loop()
     while True:
         asked = loop.time()
         await asyncio.sleep(every)
-        metrics.loop_lag_observed(loop.time() - asked - every)
+        lag = loop.time() - asked - every
+        metrics.loop_lag_observed(lag)
+        if monitor is not None:
+            monitor.record(lag)
 
 
 class CoreThread:

@@ -143,6 +143,11 @@ class Metrics:
             buckets=LATENESS_BUCKETS,
             registry=r,
         )
+        self.rounds_inconclusive = Counter(
+            "breakglass_probe_rounds_inconclusive",
+            "Rounds that timed out while the watchdog's own loop ran late: shown, not counted by the rules",
+            registry=r,
+        )
         self.rounds_missed = counter(
             "probe_rounds_missed", "Scheduled rounds skipped because the previous one overran", t
         )
@@ -257,6 +262,10 @@ class Metrics:
         self.round_lateness.observe(lateness_seconds)
         if missed:
             self.rounds_missed.labels(target=target).inc(missed)
+
+    def round_inconclusive(self) -> None:
+        """Count a round the rules set aside because the watchdog itself was overloaded."""
+        self.rounds_inconclusive.inc()
 
     def round_failed(self, target: str, result: str) -> None:
         """Count a round that produced no readings ("timeout" or "error")."""

@@ -156,7 +156,9 @@ def spawn(name: str, argv: list[str], workdir: Path, *, stdout_pipe: bool = Fals
 # --- config files ----------------------------------------------------------------------------
 
 
-def quiet_watchdog_config(sim_config: Path, *, dry_run: bool = False, quiet: bool = True) -> Path:
+def quiet_watchdog_config(
+    sim_config: Path, *, dry_run: bool = False, quiet: bool = True, shipped_defaults: bool = False
+) -> Path:
     """Write ``serve.yaml`` next to the simulator's config: its own rules slowed (``quiet``), or dry-run.
 
     Thresholds stay as they are (verification after a fix uses them); only the
@@ -164,6 +166,10 @@ def quiet_watchdog_config(sim_config: Path, *, dry_run: bool = False, quiet: boo
     an incident can only come from outside (the webhook).
     """
     doc = yaml.safe_load(sim_config.read_text(encoding="utf-8"))
+    if shipped_defaults:
+        # Probe and rule settings as shipped, not the simulator profile's fast ones.
+        doc.pop("probe", None)
+        doc.pop("rules", None)
     rules = doc.setdefault("rules", {})
     if quiet:
         rules.update(dict.fromkeys(_ROUND_RULES, NEVER_ROUNDS))
@@ -362,6 +368,7 @@ class Stack:
         evaluation_interval: str = "1s",
         group_wait: str = "0s",
         group_interval: str = "1s",
+        shipped_defaults: bool = False,
     ) -> Stack:
         """Start the simulator, then Prometheus, serve and Alertmanager together; wait for all three.
 
@@ -370,7 +377,9 @@ class Stack:
         """
         info = self.start_sim()
         sim_config = Path(info["config"])
-        serve_yaml = quiet_watchdog_config(sim_config, dry_run=dry_run, quiet=quiet_watchdog)
+        serve_yaml = quiet_watchdog_config(
+            sim_config, dry_run=dry_run, quiet=quiet_watchdog, shipped_defaults=shipped_defaults
+        )
         serve_port = yaml.safe_load(serve_yaml.read_text(encoding="utf-8"))["web"]["port"]
         am_port = free_port()
         self.rules_file = rules_with_for(ALERTS, self.workdir / "alerts.yml", for_scale)

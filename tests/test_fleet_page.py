@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -85,3 +86,33 @@ def test_readings_reach_the_store_in_one_transaction_per_flush(fleet) -> None:
     assert handle.call(handle.core.flush_readings()) == len(NAMES)
     assert store.batches[-1] == len(NAMES)
     assert all(store.latest_readings(n)["at"] == 5000.0 for n in NAMES)
+
+
+def timed_out(name: str, at: float) -> Readings:
+    return dataclasses.replace(
+        healthy_readings(name, at=at),
+        ssh_ok=False,
+        ssh_error="timeout: round took over 9s",
+        ssh_login_seconds=None,
+        duration_seconds=9.0,
+    )
+
+
+def test_timeouts_while_the_watchdog_itself_lags_open_no_incident(fleet) -> None:
+    handle, store, _ = fleet
+    core = handle.core
+    # Timeouts with the core's loop on time are the VM's: an incident opens after ssh_rounds.
+    for i in range(core.cfg.rules.ssh_rounds):
+        handle.call(core.process(timed_out("vm002", 2000.0 + 10 * i)))
+    assert [i["target"] for i in store.list_incidents(target="vm002")] == ["vm002"]
+    rounds = core.cfg.rules.ssh_rounds + 2
+    for i in range(rounds):
+        # The core's own loop ran 3 s late during each of these rounds: the observer is overloaded.
+        handle.call(_as_coro(lambda: core.lag.record(3.0)))
+        handle.call(core.process(timed_out("vm001", 1000.0 + 10 * i)))
+    assert store.list_incidents(target="vm001") == []
+    assert core.metrics.registry.get_sample_value("breakglass_probe_rounds_inconclusive_total") == rounds
+
+
+async def _as_coro(fn):
+    return fn()

@@ -7,7 +7,9 @@ import heapq
 import itertools
 import statistics
 
-from breakglass.watchdog.scheduler import GridScheduler, next_slot, spread
+import pytest
+
+from breakglass.watchdog.scheduler import GridScheduler, LagMonitor, next_slot, spread
 
 
 class FakeTime:
@@ -35,7 +37,7 @@ class FakeTime:
         await self._settle()
         while self._timers and self._timers[0][0] <= end:
             at, _, fut = heapq.heappop(self._timers)
-            self.now = at
+            self.now = max(self.now, at)  # a loop held up runs overdue timers late
             fut.set_result(None)
             await self._settle()
         self.now = end
@@ -130,3 +132,16 @@ def test_jitter_moves_a_start_inside_its_slot_without_accumulating() -> None:
 
     sched = asyncio.run(main())
     assert [round(t - sched.slot("a", k), 6) for k, t in enumerate(starts)] == [1.0] * len(starts)
+
+
+def test_the_lag_monitor_answers_the_worst_lag_of_a_span_and_forgets_old_ones() -> None:
+    now = [1000.0]
+    monitor = LagMonitor(keep_seconds=10.0, clock=lambda: now[0])
+    for i in range(40):  # 0.25 s samples; the loop held up 1.75 s once, at 1005.0
+        now[0] = 1000.0 + 0.25 * i
+        monitor.record(1.75 if now[0] == 1005.0 else 0.001)
+    assert monitor.worst_since(1005.5) == pytest.approx(0.001)
+    assert monitor.worst_since(1004.0) == pytest.approx(1.75)
+    now[0] = 1016.0
+    monitor.record(0.0)
+    assert monitor.worst_since(0.0) < 0.01  # older than keep_seconds: forgotten

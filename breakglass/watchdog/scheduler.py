@@ -21,6 +21,7 @@ really began) is reported too, so an overloaded event loop shows up.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import math
@@ -112,3 +113,29 @@ class GridScheduler:
             await self.run(name)
             nxt = next_slot(first, self.interval, self.clock(), after=k)
             k, missed = nxt, nxt - k - 1
+
+
+class LagMonitor:
+    """Recent samples of how late the event loop ran its timers (``core.watch_loop_lag`` feeds it).
+
+    A loop that runs timers late is overloaded: SSH handshakes and commands wait for
+    it too, so a round that timed out then says more about the observer than the VM.
+    Samples are taken on the monotonic clock (``loop.time()``).
+    """
+
+    def __init__(self, keep_seconds: float = 120.0, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.keep_seconds = keep_seconds
+        self.clock = clock
+        self._samples: collections.deque[tuple[float, float]] = collections.deque()
+
+    def record(self, lag: float, at: float | None = None) -> None:
+        """Note a lag of ``lag`` seconds seen at ``at`` (now by default); forget old samples."""
+        now = self.clock() if at is None else at
+        self._samples.append((now, max(0.0, lag)))
+        cutoff = now - self.keep_seconds
+        while self._samples and self._samples[0][0] < cutoff:
+            self._samples.popleft()
+
+    def worst_since(self, since: float) -> float:
+        """The largest lag seen at or after ``since`` (monotonic seconds); 0 if none."""
+        return max((lag for at, lag in reversed(self._samples) if at >= since), default=0.0)
