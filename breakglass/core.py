@@ -129,7 +129,7 @@ class Core:
         unknown = self.governor.recover()
         if unknown:
             log.warning("ledger_recovered", unknown_outcomes=unknown)
-        self._fail_orphaned_incidents()
+        self._resume_incidents()
         self._flusher = asyncio.create_task(self._flush_loop(), name="readings-writer")
         if not schedule:
             return
@@ -186,13 +186,12 @@ class Core:
             log.exception("readings_write_failed", rounds=len(batch))
         return len(batch)
 
-    def _fail_orphaned_incidents(self) -> None:
-        """An incident left active by a crash cannot be resumed safely: close it as failed."""
+    def _resume_incidents(self) -> None:
+        """Incidents left active by a stop or a crash go on from their last committed step."""
         for name in self.targets:
             inc = self.store.active_incident(name)
-            if inc is not None and inc["state"] != "escalated":  # escalated: waiting, nothing to lose
-                self.store.add_step(inc["id"], "note", {"text": "watchdog restarted during this incident"})
-                self.manager.close(inc["id"], "failed", "watchdog restarted while it was active")
+            if inc is not None:
+                self.manager.resume_after_restart(inc)
 
     # -- retention -------------------------------------------------------
 

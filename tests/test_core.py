@@ -138,3 +138,23 @@ def test_every_power_verb_sent_and_every_close_writes_a_log_line(
     ]
     closed = [e for e in entries if e["event"] == "incident_closed"]
     assert [(e["incident"], e["state"]) for e in closed] == [(inc["id"], "resolved")]
+
+
+def test_an_incident_left_diagnosing_by_a_stop_is_diagnosed_afresh_on_start(
+    sim: SimHandle, tmp_path: Path
+) -> None:
+    db = tmp_path / "c.db"
+    store = Store(db)
+    evidence = {"conditions": ["units_failed"]}
+    left, _ = store.open_incident("devvm", "rule", "units failed", "watchdog", evidence)
+    assert store.transition(left, "diagnosing", "runbook diagnosing")
+    store.close()
+    sim.inject("unit_failed")
+    r = start_core(sim.config, db)
+    try:
+        done = r.wait_closed(left)
+        assert done["state"] == "resolved"
+        assert [i["id"] for i in r.incidents()] == [left]  # no second incident on restart
+        assert any("resumed after a restart" in s["data"].get("text", "") for s in done["steps"])
+    finally:
+        r.stop()

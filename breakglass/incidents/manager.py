@@ -1,8 +1,13 @@
 """Incident lifecycle: single-flight per target, remediation, verification, report.
 
-States: open -> diagnosing -> remediating -> verifying -> resolved | escalated
-| failed. Every transition is stored with its time and reason by the Store,
-which also enforces one active incident per target atomically.
+States: open -> diagnosing -> remediating -> verifying -> resolved | failed,
+and escalated, which stays open while the target is sick (tended each probe
+round: verified and resolved when healthy, worked again when the budget or a
+person allows). Every transition is claimed in the Store with a conditional
+``UPDATE ... WHERE state = ?`` and stored with its time and reason; the Store
+also enforces one active incident per target atomically. An incident left
+active by a stop or a crash resumes on start from its last committed step
+(:meth:`IncidentManager.resume_after_restart`).
 """
 
 from __future__ import annotations
@@ -167,6 +172,58 @@ class IncidentManager:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
+    # -- after a restart -------------------------------------------------
+
+    def resume_after_restart(self, inc: Mapping[str, Any]) -> str:
+        """Resume an incident left active by a stopped or killed watchdog, from its last committed step.
+
+        1. escalated: nothing to do; the probe rounds tend it as before;
+        2. a power verb was decided for it (its ledger row is ``ok``, ``failed`` or
+           ``unknown``: the host may have acted): the verb is never sent again; the
+           incident goes on to the one verification path, and resolves if the VM is back;
+        3. otherwise nothing mutating may have happened: it is diagnosed afresh.
+
+        Returns the step it resumed at.
+        """
+        incident_id, target = int(inc["id"]), str(inc["target"])
+        if inc["state"] == "escalated" or incident_id in self._tasks:
+            return "escalated"
+        full = self.store.get_incident(incident_id) or {}
+        acted = [
+            p
+            for p in full.get("power_actions", ())
+            if not p["dry_run"] and p["result"] in ("ok", "failed", "unknown")
+        ]
+        if acted or inc["state"] == "verifying":
+            last = acted[-1] if acted else None
+            found = (
+                f"resumed after a restart: {last['verb']} was {last['result']} before it"
+                if last
+                else "resumed after a restart while verifying"
+            )
+            self.store.add_step(incident_id, "note", {"text": f"{found}; verifying, nothing is re-sent"})
+            log.info("incident_resumed", incident=incident_id, target=target, at="verifying")
+            if last is not None and self._on_power is not None:
+                self._on_power(target, float(last["at"]))  # the boot grace runs from the verb
+            did = (f"{last['verb']} ({last['result']})",) if last else ()
+            result = RemediationResult(outcome="acted", found=found, did=did)
+            self._start(incident_id, self._verify_after_restart(incident_id, target, result))
+            return "verifying"
+        self.store.add_step(incident_id, "note", {"text": "resumed after a restart: diagnosing again"})
+        log.info("incident_resumed", incident=incident_id, target=target, at="diagnosing")
+        self._start(incident_id, self._work_unguarded(incident_id))
+        return "diagnosing"
+
+    async def _verify_after_restart(self, incident_id: int, target: str, result: RemediationResult) -> None:
+        inc = self.store.get_incident(incident_id)
+        if inc is None or inc["closed_at"] is not None:
+            return
+        if inc["state"] != "verifying" and not self.store.transition(
+            incident_id, "verifying", "resumed after a restart", from_state=inc["state"]
+        ):
+            return
+        await self._verify_and_close(incident_id, target, result)
+
     # -- working an incident ---------------------------------------------
 
     def _start(self, incident_id: int, work: Coroutine[Any, Any, None]) -> None:
@@ -178,7 +235,10 @@ class IncidentManager:
         try:
             await work
         except asyncio.CancelledError:
-            self.close(incident_id, "failed", "watchdog stopped while the incident was active")
+            # Stopping is not failing: the store holds every committed step, and the next
+            # start resumes the incident from there (see resume_after_restart).
+            note = "the watchdog stopped during this incident; it resumes on the next start"
+            self.store.add_step(incident_id, "note", {"text": note})
             raise
         except Exception as exc:  # one bad incident must not crash the core
             log.exception("incident_crashed", incident=incident_id)
@@ -324,11 +384,14 @@ class IncidentManager:
         if result.next_allowed_at is not None:
             text += f"; next power action allowed at {_iso(result.next_allowed_at)}"
         inc = self.store.get_incident(incident_id)
-        if inc is None or not self.store.transition(incident_id, "escalated", text):
-            log.error("transition_refused", incident=incident_id, to="escalated")
+        if inc is None or inc["closed_at"] is not None:
             return
+        # The report first: whoever sees the state sees the report with it.
         report = f"{self._report_text(target, result)}\nEscalated: {text}"
         self.store.set_report(incident_id, report)
+        if not self.store.transition(incident_id, "escalated", text):
+            log.error("transition_refused", incident=incident_id, to="escalated")
+            return
         log.warning(
             "incident_escalated",
             incident=incident_id,

@@ -17,8 +17,9 @@ LEDGER_RESULTS = ("ok", "failed", "denied", "dry_run", "unknown")
 # Which state may follow which. Closed states are final.
 ALLOWED: dict[str, frozenset[str]] = {
     "open": frozenset({"diagnosing", "resolved", "escalated", "failed"}),
-    "diagnosing": frozenset({"remediating", "verifying", "resolved", "escalated", "failed"}),
-    "remediating": frozenset({"verifying", "resolved", "escalated", "failed"}),
+    # diagnosing again: an incident resumed after a restart is diagnosed afresh.
+    "diagnosing": frozenset({"diagnosing", "remediating", "verifying", "resolved", "escalated", "failed"}),
+    "remediating": frozenset({"diagnosing", "verifying", "resolved", "escalated", "failed"}),
     "verifying": frozenset({"remediating", "resolved", "escalated", "failed"}),
     "escalated": frozenset({"diagnosing", "verifying", "resolved", "failed"}),
 }
