@@ -201,9 +201,10 @@ def parse_body(model: type[B]) -> B:
     return validate(model, load_json(request.get_data(cache=False)))
 
 
-def _known_target(name: str, param: str = "target") -> str:
+def _known_target(name: str) -> str:
+    """``name`` when it is a configured target; 404 otherwise (a well-formed name of nothing)."""
     if name not in {t.name for t in web_context().cfg.targets}:
-        raise ApiError(400, "bad_request", [{"param": param, "problem": f"no target named {name!r}"}])
+        raise ApiError(404, "not_found", f"no target named {name!r}")
     return name
 
 
@@ -280,7 +281,7 @@ def create_silence() -> Any:
 @bp.post("/targets/<name>/grant")
 def grant(name: str) -> Any:
     """Allow one more power action for a target whose budget is spent; records who and why."""
-    target = _known_target(name, "name")
+    target = _known_target(name)
     body = parse_body(GrantBody)
     who = current_user()
     grant_id = _core_call(lambda: web_context().core.grant(target, who, body.why))

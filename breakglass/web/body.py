@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, StrictInt, ValidationError
 
 from breakglass.web.context import ApiError
 
@@ -21,6 +21,15 @@ MAX_DEPTH = 32
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _whole_float_to_int(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# JSON Schema's "integer" is any number without a fractional part, 3.0 included; never a
+# bool or a string.
+WholeNumber = Annotated[StrictInt, BeforeValidator(_whole_float_to_int)]
 
 
 def _bad(problem: str) -> ApiError:

@@ -20,12 +20,12 @@ from typing import Any, Literal
 
 import structlog
 from flask import Blueprint, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from breakglass.config import Config, read_secret
 from breakglass.core import CoreUnavailable
 from breakglass.web.auth import bearer_token, tokens_equal
-from breakglass.web.body import load_json, validate
+from breakglass.web.body import WholeNumber, load_json, validate
 from breakglass.web.context import ApiError, web_context
 
 log = structlog.get_logger("breakglass.web")
@@ -58,7 +58,7 @@ class Notification(_Payload):
 
     version: Literal["4"]
     groupKey: StrictStr
-    truncatedAlerts: StrictInt = Field(0, ge=0)
+    truncatedAlerts: WholeNumber = Field(0, ge=0)
     status: Literal["firing", "resolved"]
     receiver: StrictStr
     groupLabels: dict[StrictStr, StrictStr] = {}
