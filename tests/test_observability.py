@@ -225,6 +225,7 @@ def test_every_alert_has_a_for_duration_a_severity_a_component_and_words_for_a_p
         "BreakglassEscalated",
         "BreakglassWatchdogDown",
         "BreakglassProbeRoundsStale",
+        "BreakglassCoreLoopLagging",
     } <= names
     for r in rules:
         assert "for" in r, r["alert"]
@@ -319,6 +320,11 @@ def alert_case(
     }
 
 
+def lag_bucket(instance: str, le: str) -> str:
+    """A bucket series of the core-loop lag histogram (a whole-watchdog metric: no target)."""
+    return f'breakglass_core_loop_lag_seconds_bucket{{job="{JOB}",instance="{instance}:8787",le="{le}"}}'
+
+
 def sel(name: str, target: str, **more: str) -> str:
     """A series selector as a scrape of breakglass would label it."""
     labels = {"job": JOB, "instance": "breakglass:8787", "target": target, **more}
@@ -366,6 +372,12 @@ def test_each_alert_fires_only_after_its_for_duration_and_carries_the_target_lab
             sel("breakglass_last_round_timestamp_seconds", "stuck"): "0+30x4 120x20",
             sel("breakglass_last_round_timestamp_seconds", "fine"): "0+30x20",
         }, [{**scrape, "target": "gone"}, {**scrape, "target": "stuck"}], at="5m", quiet_at="4m"),
+        # Half the wake-ups 100 ms-1 s late on "slow" fires; all under 50 ms on "fast" does not.
+        alert_case("BreakglassCoreLoopLagging", {
+            **{lag_bucket("slow", le): v for le, v in
+               (("0.05", "0+5x40"), ("0.1", "0+5x40"), ("1.0", "0+10x40"), ("+Inf", "0+10x40"))},
+            **{lag_bucket("fast", le): "0+10x40" for le in ("0.05", "0.1", "1.0", "+Inf")},
+        }, [{"job": JOB, "instance": "slow:8787"}], at="12m", quiet_at="9m"),
         # No `target` on the dead-man for the whole watchdog: it is about breakglass itself.
         alert_case("BreakglassWatchdogDown", {'up{job="breakglass",instance="breakglass:8787"}': "1 0x10"},
                    [scrape], at="3m", quiet_at="2m"),
