@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from simchild import proc_cpu, simulators
+from simchild import proc_cpu, simulators, start_serve
 
 REPO = Path(__file__).resolve().parent.parent
 PAGE_EVERY_SECONDS = 5.0  # a person reloading the page
@@ -142,21 +142,7 @@ def run_case(
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if code != "HEAD":
         env["PYTHONPATH"] = str(_source(code, tmp))
-    log = (folder / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from breakglass.cli import main; sys.exit(main())",
-            "serve",
-            "-c",
-            str(folder / "config.yaml"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=str(folder),
-    )
+    proc = start_serve(folder / "config.yaml", folder / "serve.log", env)
     base = f"http://127.0.0.1:{port}"
     out: dict[str, Any] = {"code": code, "n": n, "interval": args.interval}
     try:
@@ -192,7 +178,6 @@ def run_case(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        log.close()
     out["cpu"] = 100 * (cpu1 - cpu0) / (wall1 - wall0)
     out["sim_cpu"] = 100 * (sim1 - sim0) / (wall1 - wall0)
     db = sqlite3.connect(f"file:{folder / 'breakglass.db'}?mode=ro", uri=True)

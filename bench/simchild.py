@@ -51,17 +51,39 @@ def simulators(count: int, folder: Path) -> Iterator[tuple[int, list[dict[str, A
             child.wait()
 
 
+def start_serve(config: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``breakglass serve -c config`` as a child process, its output in ``log``, started in its folder."""
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from breakglass.cli import main; sys.exit(main())",
+                "serve",
+                "-c",
+                str(config),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env or dict(os.environ),
+            cwd=str(config.parent),
+        )
+
+
 def _serve(count: int, folder: str) -> None:
     from breakglass.sim.runner import SimThread
 
     with SimThread() as thread:
         entries = [
             thread.serve(
-                Path(folder) / f"vm{i}", "test", target_name=f"vm{i:04d}", vmid=100 + i,
+                Path(folder) / f"vm{i}",
+                "test",
+                target_name=f"vm{i:04d}",
+                vmid=100 + i,
                 reconcile_seconds=RECONCILE_SECONDS,
             ).server.target_entry()
             for i in range(count)
-        ]  # fmt: skip
+        ]
         print(json.dumps(entries), flush=True)
         sys.stdin.read()
 

@@ -1,10 +1,11 @@
 """Webhook throughput: Alertmanager's copies of one alert posted to a running ``breakglass serve``.
 
-One simulated VM (in this process), ``serve`` as a child process in dry run
-with the simulator's config. ``--clients`` threads, each with its own
-keep-alive HTTP connection, post the same firing alert (a version 4
-notification) ``--requests`` times in all: the first opens an incident, every
-later one is a duplicate, as from an HA pair of Alertmanagers retrying. The
+One simulated VM (in this process), stopped, and ``serve`` as a child process
+in dry run with the simulator's config, so the incident stays open.
+``--clients`` threads, each with its own keep-alive HTTP connection, post the
+same firing alert (a version 4 notification) ``--requests`` times in all: the
+first attaches to (or opens) the incident, every later one is a duplicate, as
+from an HA pair of Alertmanagers retrying. The
 table gives requests per second, latency percentiles and how many incidents
 exist afterwards (one is right). A baseline of ``GET /healthz`` (no store, no
 core) through the same server and clients is measured in the same run.
@@ -17,10 +18,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from simchild import start_serve
 
 ALERT = {
     "status": "firing",
@@ -124,21 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = tmp / "serve.yaml"
         cfg.write_text(yaml.safe_dump(doc))
         token = Path(doc["web"]["webhook_token_file"]).read_text().strip()
-        log = (tmp / "serve.log").open("w")
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import sys; from breakglass.cli import main; sys.exit(main())",
-                "serve",
-                "-c",
-                str(cfg),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ),
-            cwd=name,
-        )
+        proc = start_serve(cfg, tmp / "serve.log")
         try:
             deadline = time.monotonic() + 60
             while True:
@@ -150,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
                         print((tmp / "serve.log").read_text()[-2000:], file=sys.stderr)
                         return 1
                     time.sleep(0.2)
+            # The VM is down, as when Alertmanager fires: the incident stays open (dry run sends
+            # nothing), so every later copy of the alert is a duplicate of it.
+            sim.inject("vm_stopped")
             body = json.dumps(NOTIFICATION).encode()
             headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
             hammer(port, "POST", "/api/v1/alertmanager", body, headers, args.clients, args.clients)  # warm-up
@@ -160,7 +149,6 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             proc.terminate()
             proc.wait(30)
-            log.close()
     print(
         f"{args.requests} requests over {args.clients} keep-alive clients; serve in a child process; "
         "2-core machine shared with other work"

@@ -35,7 +35,7 @@ log = structlog.get_logger("breakglass.core")
 READINGS_FLUSH_SECONDS = 1.0  # how often gathered readings are written, in one transaction
 LOOP_LAG_INTERVAL = 0.1
 # A round that timed out while the core loop ran this late is the observer's failure, not the VM's.
-OVERLOAD_LAG_SECONDS = 1.0
+OVERLOAD_LAG_SECONDS = 0.5
 T = TypeVar("T")
 
 
