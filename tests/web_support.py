@@ -11,8 +11,6 @@ from readings_support import healthy_readings  # noqa: F401  (the one factory, r
 from breakglass.config import Config, SshEndpoint, Target
 from breakglass.store import Store
 
-ACTIVE_STATES = ["open", "diagnosing", "remediating", "verifying"]
-
 
 def web_config(tmp_path: Path, names: tuple[str, ...] = ("devvm", "other")) -> Config:
     """A config with the given targets; the key files are never read by the web app."""
@@ -47,8 +45,7 @@ class StoreCore:
             raise RuntimeError("the core did not answer within 1 s")
         targets = []
         for t in self.cfg.targets:
-            active = self.store.list_incidents(target=t.name, limit=1, states=ACTIVE_STATES)
-            inc = active[0] if active else None
+            inc = self.store.active_incident(t.name)
             targets.append(
                 {
                     "name": t.name,
