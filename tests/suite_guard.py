@@ -42,13 +42,31 @@ def child_processes() -> list[str]:
     return sorted(found)
 
 
+def process_wide_pools() -> set[threading.Thread]:
+    """Worker threads of pools a library keeps for the life of the process, by design.
+
+    Apprise sends every notification through two module-level executors that it
+    creates on first use and never shuts down; they are not a test's leftovers.
+    """
+    try:
+        import apprise.apprise as module
+    except ImportError:
+        return set()
+    pools = (getattr(module, "_shared_executor", None), getattr(module, "_coordinator_executor", None))
+    return {t for pool in pools if pool is not None for t in getattr(pool, "_threads", ())}
+
+
 def leftover_threads() -> list[threading.Thread]:
     """Threads other than the main one that are not daemons or that belong to a server."""
     main = threading.main_thread()
+    allowed = process_wide_pools()
     return [
         t
         for t in threading.enumerate()
-        if t is not main and t.is_alive() and (not t.daemon or t.name.startswith(SERVER_THREADS))
+        if t is not main
+        and t not in allowed
+        and t.is_alive()
+        and (not t.daemon or t.name.startswith(SERVER_THREADS))
     ]
 
 
