@@ -494,9 +494,9 @@ def test_prometheus_loads_every_shipped_rule_and_evaluates_it_without_error(stac
 @pytest.mark.integration
 @needs_servers
 def test_the_target_variable_lists_the_simulated_target(stack: Stack) -> None:
-    values = json.loads(http(
-        stack.prometheus_url + "/api/v1/label/target/values?match[]=breakglass_probe_success"
-    )[1])["data"]
+    url = stack.prometheus_url + "/api/v1/label/target/values?match[]=breakglass_probe_success"
+    # The series exists once serve has finished a probe round and Prometheus has scraped it since.
+    values = stack.wait(lambda: json.loads(http(url)[1])["data"], 30, "the target label's values")
     assert values == ["devvm"]
 
 
