@@ -174,23 +174,29 @@ class ProbeLinks:
         return conn, time.monotonic() - started
 
     async def readings(self, fresh: asyncssh.SSHClientConnection, command: str) -> CommandResult:
-        """Run ``command`` on the kept guest connection; ``fresh`` replaces it when it is gone."""
+        """Run ``command`` on the kept guest connection; ``fresh`` replaces it when it is gone.
+
+        ``fresh`` is closed unless it was kept, whatever happens (a round cut short included).
+        """
         timeout = self.settings.command_timeout_seconds
+        kept = False
         try:
-            result = await self.devvm.run_kept(command, timeout)
-        except _Dead:
-            pass
-        else:
-            fresh.close()
-            return result
-        self.devvm.adopt(fresh)
-        try:
-            return await self.devvm.run_kept(command, timeout)
-        except _Dead as exc:
-            raise RemoteError(
-                f"{_endpoint_label(self.devvm.endpoint)}: connection lost: {exc.__cause__}",
-                kind="protocol",
-            ) from None
+            try:
+                return await self.devvm.run_kept(command, timeout)
+            except _Dead:
+                pass
+            self.devvm.adopt(fresh)
+            kept = True
+            try:
+                return await self.devvm.run_kept(command, timeout)
+            except _Dead as exc:
+                raise RemoteError(
+                    f"{_endpoint_label(self.devvm.endpoint)}: connection lost: {exc.__cause__}",
+                    kind="protocol",
+                ) from None
+        finally:
+            if not kept:
+                fresh.close()
 
     async def status(self) -> PveStatus:
         """The Proxmox host's ``status`` over the kept host connection."""
