@@ -1,7 +1,7 @@
 """Structured logging: JSON lines by default, console on a TTY, secrets always masked.
 
-Both structlog loggers and the standard library's (asyncssh, waitress,
-apscheduler) end in the same handler, so the redaction applies to every line
+Both structlog loggers and the standard library's (asyncssh, waitress, httpx)
+end in the same handler, so the redaction applies to every line
 the process writes, including tracebacks.
 """
 
@@ -51,7 +51,7 @@ _LONG_FIELDS = frozenset({"exception", "stack"})
 
 _HANDLER_NAME = "breakglass"
 # Libraries whose INFO lines are one per connection or per request: too chatty.
-_QUIET_LIBRARIES = ("asyncssh", "apscheduler", "waitress", "urllib3", "httpx", "anthropic")
+_QUIET_LIBRARIES = ("asyncssh", "waitress", "urllib3", "httpx", "anthropic")
 
 
 def redact_text(text: str) -> str:
