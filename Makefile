@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install debian-deps demo test lint bench bench-fleet clean
+.PHONY: install debian-deps demo test lint bench bench-fleet clean screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -49,3 +49,7 @@ bench-fleet: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Refresh the README's screenshots (docs/screenshots/) from the browser test.
+screenshots: $(STAMP)
+	BREAKGLASS_SCREENSHOTS_DIR=docs/screenshots $(BIN)/pytest -q -p no:cacheprovider tests/test_browser.py -k fits

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def test_io_stall_injected_from_the_page_opens_an_incident_that_resolves_without
             browser.close()
 
 
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+# The README's screenshots are refreshed on purpose (`make screenshots`), never as a side effect of a run.
+SCREENSHOTS = Path(os.environ.get("BREAKGLASS_SCREENSHOTS_DIR") or ARTIFACTS / "screenshots")
 WIDTHS = (390, 1280)
 
 
