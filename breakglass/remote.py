@@ -259,6 +259,23 @@ async def _open(host: str, port: int, **kwargs: Any) -> asyncssh.SSHClientConnec
     return conn
 
 
+def host_key_algs(known: asyncssh.SSHKnownHosts, ep: SshEndpoint) -> list[str] | None:
+    """The host key algorithms to offer: the pinned keys' first, then the usual ones.
+
+    Offering only the pinned algorithms (asyncssh's default) turns a host whose key
+    changed to another algorithm into a failed key exchange, which the server may end
+    before the client reads why (a lost connection, not a host key error). Offering the
+    rest after them changes nothing about trust: whatever key the host presents must
+    still be a pinned one. None (asyncssh's default) when no key but a CA is pinned.
+    """
+    trusted = known.match(ep.host, ep.host, ep.port if ep.port != 22 else None)[0]
+    if not trusted:
+        return None
+    pinned = [alg.decode() for key in trusted for alg in key.sig_algorithms]
+    usual = [alg.decode() for alg in asyncssh.public_key.get_default_public_key_algs()]
+    return list(dict.fromkeys(pinned + usual))
+
+
 async def _connect(
     ep: SshEndpoint,
     connect_timeout: float,
@@ -274,6 +291,9 @@ async def _connect(
     label = _endpoint_label(ep)
     known, keys = credentials(ep)
     algs: dict[str, Any] = {"kex_algs": PROBE_KEX_ALGS, "encryption_algs": PROBE_CIPHERS} if light else {}
+    offered = host_key_algs(known, ep)
+    if offered is not None:
+        algs["server_host_key_algs"] = offered
     try:
         # Every default that could reach outside the config is switched off:
         # no ~/.ssh/config, no agent, no default keys, no password prompts.
