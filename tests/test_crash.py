@@ -8,17 +8,15 @@ and it ends ``resolved`` when the VM comes back: one cycle, one incident.
 from __future__ import annotations
 
 import dataclasses
-import json
 import signal
-import sqlite3
-import subprocess
-import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness import wait_for
+from serve_support import db_rows
+from serve_support import get_json as _get
+from serve_support import serve as _serve
 from servers import Servers
 
 from breakglass.sim.runner import SimHandle
@@ -32,39 +30,12 @@ def slow_cycle_sim(tmp_path: Path, servers: Servers) -> SimHandle:
     return servers.sim(tmp_path / "sim", "test", timing=timing)
 
 
-def _serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as err:
-        return subprocess.Popen(
-            [sys.executable, "-m", "breakglass.cli", "serve", "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-
-
-def _get(url: str) -> Any:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return json.loads(resp.read())
-    except OSError:
-        return None
-
-
-def _ledger(db: Path) -> list[tuple[str, str | None]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute("SELECT verb, result FROM ledger ORDER BY id").fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
+def _ledger(db: Path) -> list[tuple[Any, ...]]:
+    return db_rows(db, "SELECT verb, result FROM ledger ORDER BY id")
 
 
 def _incidents(db: Path) -> list[int]:
-    conn = sqlite3.connect(db)
-    try:
-        return [r[0] for r in conn.execute("SELECT id FROM incidents ORDER BY id")]
-    finally:
-        conn.close()
+    return [r[0] for r in db_rows(db, "SELECT id FROM incidents ORDER BY id")]
 
 
 def test_kill_9_just_after_a_cycle_reached_the_host_resumes_the_same_incident_to_resolved(

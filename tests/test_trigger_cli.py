@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from harness import wait_for
+from serve_support import CLI
+from serve_support import get_json as _get
 from web_support import web_config
 
 from breakglass.config import Config
 from breakglass.sim.runner import SimHandle
 from breakglass.web.client import api_base, trigger_command
-
-CLI = [sys.executable, "-m", "breakglass.cli"]
-
-
-def _get(url: str) -> Any:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return json.loads(resp.read())
-    except OSError:
-        return None
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
