@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/agent_eval.py --fake tests/scenarios
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/webhook.py
+	$(BIN)/python bench/metrics_render.py
 
 # About 20 minutes: 100, 300 and 1000 targets for 3 minutes each, then detection at the
 # shipped defaults beside the stock Prometheus path (3 trials of two faults, real time).

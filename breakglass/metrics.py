@@ -22,17 +22,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics
 
 from breakglass import __version__
+from breakglass.exposition import CounterFamily, Exposition, GaugeFamily, HistogramFamily
 from breakglass.remote import POWER_VERBS
 from breakglass.watchdog.rules import CONDITIONS
 
@@ -94,14 +87,14 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
+        self.exposition = r = Exposition(self.registry)
         t = ("target",)
 
-        def gauge(name: str, doc: str, labels: tuple[str, ...] = t) -> Gauge:
-            return Gauge(f"breakglass_{name}", doc, labels, registry=r)
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = t) -> GaugeFamily:
+            return GaugeFamily(r, f"breakglass_{name}", doc, labels)
 
-        def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
-            return Counter(f"breakglass_{name}", doc, labels, registry=r)
+        def counter(name: str, doc: str, labels: tuple[str, ...]) -> CounterFamily:
+            return CounterFamily(r, f"breakglass_{name}", doc, labels)
 
         # Per-target readings of the latest probe round.
         self.probe_success = gauge("probe_success", "1 if the latest round logged in to the guest over SSH")
@@ -130,23 +123,25 @@ class Metrics:
             "Unix time the latest round that reached the guest over SSH finished (dead-man signal)",
         )
         self.probe_rounds = counter("probe_rounds", "Probe rounds by result", ("target", "result"))
-        self.probe_duration = Histogram(
+        self.probe_duration = HistogramFamily(
+            r,
             "breakglass_probe_duration_seconds",
             "Wall time of a probe round",
             t,
-            buckets=PROBE_BUCKETS,
-            registry=r,
+            PROBE_BUCKETS,
         )
-        self.round_lateness = Histogram(
+        self.round_lateness = HistogramFamily(
+            r,
             "breakglass_probe_round_lateness_seconds",
             "How long after its scheduled slot a probe round started (all targets)",
-            buckets=LATENESS_BUCKETS,
-            registry=r,
+            (),
+            LATENESS_BUCKETS,
         )
-        self.rounds_inconclusive = Counter(
+        self.rounds_inconclusive = CounterFamily(
+            r,
             "breakglass_probe_rounds_inconclusive",
             "Rounds that timed out while the watchdog's own loop ran late: shown, not counted by the rules",
-            registry=r,
+            (),
         )
         self.rounds_missed = counter(
             "probe_rounds_missed", "Scheduled rounds skipped because the previous one overran", t
@@ -160,12 +155,12 @@ class Metrics:
             "incidents_opened", "Incidents opened, by what triggered them", ("target", "trigger")
         )
         self.incidents_active = gauge("incidents_active", "Incidents currently open (0 or 1)")
-        self.incident_duration = Histogram(
+        self.incident_duration = HistogramFamily(
+            r,
             "breakglass_incident_duration_seconds",
             "Time from opening to closing an incident",
             ("target", "outcome"),
-            buckets=INCIDENT_BUCKETS,
-            registry=r,
+            INCIDENT_BUCKETS,
         )
         self.incidents_closed = counter(
             "incidents_closed", "Incidents closed, by final state", ("target", "state")
@@ -196,11 +191,12 @@ class Metrics:
         self.alerts_received = counter(
             "alerts_received", "Alertmanager alerts received by the webhook", ("status",)
         )
-        self.loop_lag = Histogram(
+        self.loop_lag = HistogramFamily(
+            r,
             "breakglass_core_loop_lag_seconds",
             "How late the core's asyncio loop ran a timer it had scheduled (time blocked by work on it)",
-            buckets=LOOP_LAG_BUCKETS,
-            registry=r,
+            (),
+            LOOP_LAG_BUCKETS,
         )
         self.build_info = gauge("build_info", "Always 1; the version is a label", ("version",))
         self.build_info.labels(version=__version__).set(1)
@@ -337,16 +333,20 @@ class Metrics:
 
     # -- exposition ------------------------------------------------------------
 
-    def render(self) -> bytes:
-        """The registry in the Prometheus text format."""
-        return generate_latest(self.registry)
+    def render(self, accept: str = "") -> bytes:
+        """The service's metrics in the Prometheus text format (or OpenMetrics, if ``accept`` asks)."""
+        return self.exposition.render(accept)[0]
+
+    def scrape(self, accept: str) -> tuple[bytes, str]:
+        """Body and content type for a scrape sending ``accept`` (Prometheus text or OpenMetrics)."""
+        return self.exposition.render(accept)
 
 
 def _flag(value: bool | None) -> int | None:
     return None if value is None else int(value)
 
 
-def _set(g: Gauge, target: str, value: float | None) -> None:
+def _set(g: GaugeFamily, target: str, value: float | None) -> None:
     """Set a per-target gauge, or drop its series when there is no reading."""
     if value is None:
         g.remove(target)

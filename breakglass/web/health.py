@@ -6,7 +6,6 @@ from typing import Any
 
 import structlog
 from flask import Blueprint, Response, jsonify, request
-from prometheus_client.exposition import choose_encoder
 
 from breakglass.web.context import web_context
 
@@ -33,9 +32,9 @@ def readyz() -> Any:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """The injected registry in the text format the scraper asks for (Prometheus or OpenMetrics)."""
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    return Response(encoder(web_context().metrics.registry), content_type=content_type)
+    """The service's metrics in the text format the scraper asks for (Prometheus or OpenMetrics)."""
+    body, content_type = web_context().metrics.scrape(request.headers.get("Accept", ""))
+    return Response(body, content_type=content_type)
 
 
 def _check(name: str, probe: Any) -> bool:
