@@ -33,13 +33,14 @@ def agent_core(
     os.symlink("/etc", runbooks / "escape")
 
     def start(
-        scenario: str,
+        scenario: str | Script,
         *,
         remediation: dict[str, Any] | None = None,
         budget: dict[str, Any] | None = None,
         **agent: Any,
     ) -> tuple[Running, FakeMessagesServer]:
-        fake = servers.fake_messages(Script.load(SCENARIOS / f"{scenario}.json"))
+        script = scenario if isinstance(scenario, Script) else Script.load(SCENARIOS / f"{scenario}.json")
+        fake = servers.fake_messages(script)
         cfg = override(
             sim.config,
             agent={
@@ -52,7 +53,7 @@ def agent_core(
             remediation=remediation or {},
             budget=budget or {},
         )
-        return servers.core(cfg, tmp_path / f"{scenario}.db"), fake
+        return servers.core(cfg, tmp_path / f"{script.name}.db"), fake
 
     return start
 

@@ -25,7 +25,9 @@ to a size-based estimate; with ``cache_control`` on the system prompt or the
 tools, the first request reports that prefix as ``cache_creation_input_tokens``
 and later ones as ``cache_read_input_tokens``.
 
-``delay_s`` on a turn makes the answer wait that long (a slow model).
+``delay_s`` on a turn makes the answer wait that long (a slow model);
+``hold: true`` makes it wait until :meth:`FakeMessagesServer.release` (at most
+``HOLD_MAX_SECONDS``), so a test acts at a known point of the conversation.
 
 Like the real API it answers 400 to a request whose history holds
 ``tool_use``/``tool_result`` blocks but that defines no ``tools``, to a
@@ -51,6 +53,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+HOLD_MAX_SECONDS = 60.0
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -113,6 +116,7 @@ class FakeMessagesServer:
         self.headers: list[dict[str, str]] = []
         self._ids = itertools.count(1)
         self._cache_warm = False
+        self._released = threading.Event()
         handler = _handler_for(self)
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self._httpd.daemon_threads = True
@@ -128,8 +132,13 @@ class FakeMessagesServer:
         self._thread.start()
         return self
 
+    def release(self) -> None:
+        """Let turns marked ``hold`` answer (now and from now on)."""
+        self._released.set()
+
     def stop(self) -> None:
         """Stop serving."""
+        self.release()
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -150,6 +159,8 @@ class FakeMessagesServer:
             self.script.next_turn()
         if turn.get("delay_s"):
             time.sleep(float(turn["delay_s"]))  # a slow model: lets a test act while it "thinks"
+        if turn.get("hold"):
+            self._released.wait(HOLD_MAX_SECONDS)
         if "error" in turn:
             err = turn["error"]
             status = int(err.get("status", 500))
@@ -188,7 +199,6 @@ class FakeMessagesServer:
             "usage": usage,
         }
         return 200, msg, {}
-
 
     def _usage(self, body: dict[str, Any], content: list[dict[str, Any]]) -> dict[str, int]:
         total = max(1, len(json.dumps(body)) // 4)

@@ -16,7 +16,7 @@ from breakglass.web.auth import current_user
 from breakglass.web.charts import Band, line_chart, outages
 from breakglass.web.context import ID_RULE, web_context
 from breakglass.web.humanize import FILTERS, clock, duration
-from breakglass.web.steps import describe
+from breakglass.web.steps import StepView, conversation
 
 bp = Blueprint("pages", __name__)
 
@@ -33,7 +33,6 @@ SIM_TIMEOUT_SECONDS = 3.0
 @bp.record_once
 def _filters(state: BlueprintSetupState) -> None:
     state.app.jinja_env.filters.update(FILTERS)
-    state.app.jinja_env.filters["step_view"] = describe
 
 
 def _charts(name: str, now: float) -> list[tuple[str, Any]]:
@@ -189,7 +188,31 @@ def incident(incident_id: int) -> str:
     inc = web_context().store.get_incident(incident_id)
     if inc is None:
         abort(404)
-    return render_template("incident.html", inc=inc, active=inc["closed_at"] is None, now=time.time())
+    return render_template(
+        "incident.html",
+        inc=inc,
+        entries=_entries(inc["steps"]),
+        active=inc["closed_at"] is None,
+        now=time.time(),
+    )
+
+
+Entry = tuple[dict[str, Any], StepView, list[tuple[dict[str, Any], StepView]]]
+
+
+def _entries(steps: list[dict[str, Any]]) -> list[Entry]:
+    """The conversation's top-level entries, each tool call with the steps that happened inside it."""
+    top: list[Entry] = []
+    calls: dict[int, list[tuple[dict[str, Any], StepView]]] = {}
+    for s, view in zip(steps, conversation(steps), strict=True):
+        if view.parent in calls:
+            calls[view.parent].append((s, view))
+            continue
+        inner: list[tuple[dict[str, Any], StepView]] = []
+        if view.holds:
+            calls[int(s["id"])] = inner
+        top.append((s, view, inner))
+    return top
 
 
 def _action(row: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from flask import Blueprint, Response, abort, current_app, render_template, requ
 
 from breakglass.web.context import ID_RULE, web_context
 from breakglass.web.humanize import clock, duration
+from breakglass.web.steps import conversation
 
 bp = Blueprint("sse", __name__)
 
@@ -79,11 +80,12 @@ def load_incident(incident_id: int, rendered: dict[Any, str] | None = None) -> d
     if inc is None:
         return None
     cache: dict[Any, str] = {} if rendered is None else rendered
-    for s in inc["steps"]:
+    for s, view in zip(inc["steps"], conversation(inc["steps"]), strict=True):
         key = ("step", s["id"])
         if key not in cache:
-            cache[key] = render_template("_step.html", s=s)
-        s["html"] = cache[key]
+            # Alone: what ran inside a tool call arrives later and the page nests it under ``parent``.
+            cache[key] = render_template("_step.html", s=s, v=view, inner=())
+        s["html"], s["parent"] = cache[key], view.parent
     for i, t in enumerate(inc["transitions"]):
         key = ("transition", i)
         if key not in cache:
@@ -110,7 +112,8 @@ def incident_frames(inc: dict[str, Any], feed: IncidentFeed) -> tuple[list[str],
     for s in inc["steps"]:
         if s["id"] > feed.step_id:
             feed.step_id = s["id"]
-            frames.append(event("step", {"id": s["id"], "html": s["html"]}, f"{feed.step_id}.{feed.n_trans}"))
+            data = {"id": s["id"], "parent": s["parent"], "html": s["html"]}
+            frames.append(event("step", data, f"{feed.step_id}.{feed.n_trans}"))
     closed = inc["closed_at"] is not None
     if closed:
         frames.append(event("closed", closed_summary(inc), f"{feed.step_id}.{feed.n_trans}"))

@@ -14,7 +14,9 @@
       if (document.getElementById("step-" + data.id)) { return; }
       var el = fromHTML(data.html);
       el.classList.add("new");
-      document.getElementById("steps").appendChild(el);
+      // What happened inside a tool call goes under that call, as on a reload.
+      var into = (data.parent && document.getElementById("inner-" + data.parent)) || document.getElementById("steps");
+      into.appendChild(el);
     });
     source.addEventListener("transition", function (ev) {
       var data = JSON.parse(ev.data);
