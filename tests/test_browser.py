@@ -12,12 +12,18 @@ from typing import Any
 
 import pytest
 from agent_support import SCENARIOS, agent_core, manual
+from api_support import LOGIN_TOKEN, make_app, with_tokens
 from servers import Servers
+from web_support import web_config
 
 from breakglass.config import Config
+from breakglass.core import Core, CoreThread
+from breakglass.metrics import Metrics
 from breakglass.sim.fake_messages import Script
 from breakglass.sim.runner import SimHandle
+from breakglass.store import Store
 from breakglass.web.app import create_app
+from breakglass.web.pages import FLEET_VIEW_AFTER
 
 __all__ = ["agent_core"]  # the fixture, imported for pytest
 
@@ -86,9 +92,14 @@ def _fits(page: object, url: str, width: int) -> None:
     """The page at ``url`` has no horizontal scroll at ``width`` px."""
     page.set_viewport_size({"width": width, "height": 900})  # type: ignore[attr-defined]
     page.goto(url)  # type: ignore[attr-defined]
+    _fits_now(page, url, width)
+
+
+def _fits_now(page: object, what: str, width: int) -> None:
+    """The page as it is now has no horizontal scroll at ``width`` px."""
     page.wait_for_load_state("load")  # type: ignore[attr-defined]
     scroll, inner = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")  # type: ignore[attr-defined]
-    assert scroll <= inner, f"{url} is {scroll} px wide at {width} px"
+    assert scroll <= inner, f"{what} is {scroll} px wide at {width} px"
 
 
 def test_every_page_fits_a_phone_and_a_desktop_and_the_live_incident_page_closes_in_place(
@@ -159,3 +170,41 @@ def test_the_agents_conversation_arrives_live_nested_as_on_a_reload_and_fits_a_p
         for width in WIDTHS:
             _fits(page, url, width)
             page.screenshot(path=str(SCREENSHOTS / f"incident-conversation-{width}.png"), full_page=True)
+
+
+def test_with_a_login_every_page_fits_a_phone_and_a_desktop_the_login_page_too(
+    tmp_path: Path, servers: Servers
+) -> None:
+    names = tuple(f"devvm-{i:02d}" for i in range(FLEET_VIEW_AFTER + 6))  # enough for the fleet table
+    cfg = with_tokens(web_config(tmp_path, names), tmp_path, mode="token")
+    store = Store(cfg.store_path)
+    thread = CoreThread(Core(cfg, store=store, metrics=Metrics()), schedule=False)
+    handle = thread.start()
+    try:
+        incident_id, _ = store.open_incident(names[0], "manual", "builds feel slow", "viktor", {})
+        store.add_step(incident_id, "agent_text", {"text": "Looking at the load first."})
+        server = servers.web(make_app(cfg, store, handle), store=store)
+        base = f"http://127.0.0.1:{server.effective_port}"
+        with chromium() as browser:
+            page = browser.new_page()
+            for width in WIDTHS:
+                # Any page asks for the login first.
+                _fits(page, f"{base}/incidents/{incident_id}", width)
+                assert page.url.startswith(f"{base}/login?next=")
+                page.screenshot(path=str(SCREENSHOTS / f"login-{width}.png"), full_page=True)
+                page.fill("input[name=token]", "not the token")
+                page.click("button[type=submit]")
+                page.wait_for_selector("[role=alert]")
+                _fits_now(page, "the login page saying the token is wrong", width)
+            page.fill("input[name=user]", "viktor")
+            page.fill("input[name=token]", LOGIN_TOKEN)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{base}/incidents/{incident_id}")
+            paths = ("/", "/?page=2", f"/?target={names[0]}", "/incidents", f"/incidents/{incident_id}")
+            for width in WIDTHS:
+                for path in paths:
+                    _fits(page, base + path, width)
+                    assert page.url == base + path, f"{path} asked for the login again"
+    finally:
+        thread.stop()
+        store.close()

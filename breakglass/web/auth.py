@@ -25,12 +25,11 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
-from html import escape
 from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
-from flask import Blueprint, Flask, Response, g, redirect, request, session, url_for
+from flask import Blueprint, Flask, Response, g, redirect, render_template, request, session, url_for
 
 from breakglass.config import Config, read_secret
 from breakglass.web.context import error_response
@@ -221,21 +220,6 @@ def _refuse(detail: str) -> Any:
     return Response(f"forbidden: {detail}\n", 403, mimetype="text/plain")
 
 
-LOGIN_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>breakglass: log in</title></head>
-<body><main><h1>breakglass</h1>{message}
-<form method="post" action="{action}">
-<input type="hidden" name="csrf_token" value="{csrf}">
-<input type="hidden" name="next" value="{next}">
-<p><label>Your name <input name="user" autocomplete="username" maxlength="64"></label></p>
-<p><label>Token <input name="token" type="password" autocomplete="current-password" required></label></p>
-<p><button type="submit">Log in</button></p>
-</form></main></body></html>
-"""
-
-
 # Browsers drop tabs and newlines anywhere in a URL and read a backslash as a slash,
 # so "/\t/evil.example" and "/\\evil.example" both leave the site once they are done.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -257,7 +241,7 @@ def login() -> Any:
     if st.mode != "token":
         return redirect("/")
     nxt = safe_next(request.values.get("next", "/"))
-    message = ""
+    wrong = False
     if request.method == "POST":
         if tokens_equal(request.form.get("token", ""), st.login_token):
             named = request.form.get("user", "").strip()
@@ -266,11 +250,9 @@ def login() -> Any:
             log.info("login", user=session[USER_SESSION_KEY])
             return redirect(nxt)
         log.warning("login_refused", remote=request.remote_addr)
-        message = '<p role="alert">Wrong token.</p>'
-    page = LOGIN_PAGE.format(
-        message=message, action=url_for("auth.login"), csrf=escape(csrf_token()), next=escape(nxt)
-    )
-    return Response(page, 401 if message else 200, mimetype="text/html")
+        wrong = True
+    # The app's own stylesheet and layout, like every other page.
+    return Response(render_template("login.html", wrong=wrong, next=nxt), 401 if wrong else 200)
 
 
 @bp.post("/logout")
