@@ -30,6 +30,9 @@ UNIT = ROOT / "deploy" / "systemd" / "breakglass.service"
 SYSUSERS = ROOT / "deploy" / "systemd" / "breakglass.sysusers"
 IMAGE_UID = 10001
 MAX_EXPOSURE = 2.0
+# Under `make test`'s xdist workers the module runs on one worker, so the wheel (a module
+# fixture) is built once.
+pytestmark = pytest.mark.xdist_group("wheel")
 
 
 def production_config() -> dict:
@@ -56,8 +59,10 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     tmp = tmp_path_factory.mktemp("wheel")
     dist = tmp / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(dist), str(ROOT)], check=True, timeout=300, capture_output=True)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(dist), str(ROOT)],
+                           timeout=300, capture_output=True, text=True, check=False)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     (wheel,) = dist.glob("breakglass-*.whl")
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)

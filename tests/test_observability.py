@@ -47,6 +47,9 @@ STEP = 1.0  # Grafana's $__interval for the checked range: one point per scrape
 # Grafana's $__rate_interval: max($__interval + scrape interval, 4 x scrape interval), scrape 1 s.
 RATE_INTERVAL = "4s"
 CLOSED = ("resolved", "escalated", "failed")
+# Under `make test`'s xdist workers the module runs on one worker: the real stack (a module
+# fixture) starts once, and the test that stops serve runs after the ones that read from it.
+pytestmark = pytest.mark.xdist_group("promstack")
 
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool is not installed (Debian 'prometheus')"

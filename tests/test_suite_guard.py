@@ -47,10 +47,13 @@ def test_zz_leaves_a_child_running():
 '''
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
 def test_the_guards_fail_thread_exceptions_resource_warnings_leftover_children_and_name_skips(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, workers: list[str]
 ) -> None:
-    # One inner run (a few seconds) with this project's warning filters and tests/suite_guard.py.
+    # One inner run (a few seconds) with this project's warning filters and tests/suite_guard.py,
+    # in one process and spread over xdist workers as `make test` runs the suite: a worker's
+    # leftover child still fails the run, and the controller names every worker's skips.
     filters = tomllib.loads(PYPROJECT.read_text())["tool"]["pytest"]["ini_options"]["filterwarnings"]
     pytester.makeini("[pytest]\nfilterwarnings =\n" + "".join(f"    {f}\n" for f in filters))
     pytester.makeconftest(
@@ -58,7 +61,7 @@ def test_the_guards_fail_thread_exceptions_resource_warnings_leftover_children_a
         "from suite_guard import _nothing_left_running, pytest_terminal_summary  # noqa: F401\n"
     )
     pytester.makepyfile(test_inner=INNER)
-    inner = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", timeout=60)
+    inner = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", *workers, timeout=60)
     lines = inner.stdout.lines
     text = "\n".join(lines)
 
