@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from api_support import TriggerCore, make_app
+from harness import wait_for
 from servers import Servers
 from web_support import web_config
 
@@ -170,3 +171,125 @@ def test_many_open_pages_hold_no_worker_thread_and_every_endpoint_still_answers(
     finally:
         for s in streams:
             s.close()
+
+
+@pytest.mark.parametrize("served", ["breakglass", "waitress"], indirect=True)
+def test_what_happens_inside_a_tool_call_streams_under_that_call_refresh_after_refresh(
+    served: tuple[int, Store],
+) -> None:
+    port, store = served
+    incident_id, _ = store.open_incident("devvm", "manual", "slow", "local", {})
+    store.add_step(incident_id, "usage", {"input_tokens": 1, "output_tokens": 1})
+    stream = Stream(port, f"/incidents/{incident_id}/events")
+    assert stream.frame() == ["retry: 3000"]
+    call = store.add_step(incident_id, "tool_call", {"id": "t1", "name": "pve", "input": {"verb": "reset"}})
+    assert stream.next_event()[2]["parent"] == 0
+    # Each later step is its own refresh: only the new steps are read, the call is remembered.
+    store.add_step(incident_id, "policy", {"verb": "reset", "allowed": False, "reason": "SSH answers"})
+    assert stream.next_event()[2]["parent"] == call
+    store.add_step(
+        incident_id, "tool_result", {"id": "t1", "name": "pve", "status": "denied", "output": "no"}
+    )
+    assert stream.next_event()[2]["parent"] == call
+    store.add_step(incident_id, "agent_text", {"text": "Then I escalate."})
+    assert stream.next_event()[2]["parent"] == 0
+    stream.close()
+
+
+def test_a_refresh_reads_only_the_steps_after_the_streams_cursor(tmp_path: Path) -> None:
+    from breakglass.web.sse import load_incident
+
+    store = Store(tmp_path / "breakglass.db")
+    core = TriggerCore(web_config(tmp_path), store)
+    app = make_app(core.cfg, store, core)
+    incident_id, _ = store.open_incident("devvm", "manual", "slow", "local", {})
+    call = store.add_step(
+        incident_id, "tool_call", {"id": "t1", "name": "devvm_shell", "input": {"command": "df"}}
+    )
+    seen = store.add_step(incident_id, "note", {"text": "inside the call"})
+    try:
+        with app.app_context():
+            rendered: dict[Any, Any] = {}
+            first = load_incident(incident_id, rendered, after=-1)
+            assert first is not None
+            assert [s["parent"] for s in first["steps"]] == [0, call]
+            done = {"id": "t1", "name": "devvm_shell", "status": "ok", "output": "ok"}
+            result = store.add_step(incident_id, "tool_result", done)
+            again = load_incident(incident_id, rendered, after=seen)
+            assert again is not None
+            assert [(s["id"], s["parent"]) for s in again["steps"]] == [(result, call)]
+            # A stream further behind (a reconnect) still gets every step it has not seen.
+            behind = load_incident(incident_id, rendered, after=call)
+            assert behind is not None
+            assert [s["id"] for s in behind["steps"]] == [seen, result]
+    finally:
+        store.close()
+
+
+def test_a_burst_of_commits_wakes_the_live_loop_once(tmp_path: Path, servers: Servers) -> None:
+    import threading
+
+    store = Store(tmp_path / "breakglass.db")
+    core = TriggerCore(web_config(tmp_path), store)
+    server = servers.web(make_app(core.cfg, store, core), store=store)
+    incident_id, _ = store.open_incident("devvm", "manual", "slow", "local", {})
+    stream = Stream(server.effective_port, f"/incidents/{incident_id}/events")
+    try:
+        assert stream.frame() == ["retry: 3000"]
+        hub, loop = server.hub, server._loop
+        assert loop is not None
+        wakes: list[float] = []
+        soon = hub._soon
+        hub._soon = lambda: (wakes.append(time.monotonic()), soon())[-1]  # type: ignore[method-assign]
+        # Quiet first: the incident's own commit has been refreshed, no wake-up is pending.
+        quiet = lambda: hub._timer is None and not getattr(hub, "_wake_pending", False)  # noqa: E731
+        wait_for(quiet, within=5, what="a quiet hub")
+        # Hold the loop while 100 commits land, so none of their wake-ups can run in between.
+        entered, release = threading.Event(), threading.Event()
+        loop.call_soon_threadsafe(lambda: (entered.set(), release.wait(10)))
+        assert entered.wait(5)
+        last = 0
+        for n in range(100):
+            last = store.add_step(incident_id, "note", {"text": f"step {n}"})
+        release.set()
+        got: list[int] = []
+        while last not in got:
+            data = stream.next_event()[2]
+            got.append(data["id"])
+        assert len(got) == 100
+        assert len(wakes) == 1, f"{len(wakes)} wake-ups of the loop for 100 commits"
+    finally:
+        stream.close()
+        servers.close()
+        store.close()
+
+
+def test_an_http_1_0_client_gets_the_stream_unframed_and_a_head_request_no_stream(
+    served: tuple[int, Store],
+) -> None:
+    import socket
+
+    port, store = served
+    incident_id, _ = store.open_incident("devvm", "manual", "slow", "local", {})
+    path = f"/incidents/{incident_id}/events"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        head = sock.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert b"transfer-encoding" not in head.lower()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        received = b""
+        while b"retry: 3000\n\n" not in received:
+            received += sock.recv(65536)
+        store.add_step(incident_id, "note", {"text": "for an old client"})
+        while b"for an old client" not in received:
+            received += sock.recv(65536)
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert b"transfer-encoding" not in head.lower()
+        # Bare frames, no chunk sizes between them.
+        assert body.startswith(b"retry: 3000\n\nid: ")
+        store.transition(incident_id, "resolved", "probes green")
+        while chunk := sock.recv(65536):
+            received += chunk
+        assert received.endswith(b"\n\n")  # the server closed the connection after the last frame

@@ -205,8 +205,9 @@ class IncidentRecords(Database):
         d["evidence"] = loads(d.get("evidence"))
         return d
 
-    def get_incident(self, incident_id: int) -> dict[str, Any] | None:
-        """One incident with its steps, transitions and power actions, or None."""
+    def get_incident(self, incident_id: int, *, steps_after: int = 0) -> dict[str, Any] | None:
+        """One incident with its steps (those with an id above ``steps_after``), transitions and
+        power actions, or None. A live page that has the earlier steps reads only the new ones."""
         conn = self._conn()
         row = conn.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
         if row is None:
@@ -214,7 +215,9 @@ class IncidentRecords(Database):
         inc = self._incident_row(row)
         inc["steps"] = [
             {"id": s["id"], "at": s["at"], "kind": s["kind"], "data": loads(s["data"])}
-            for s in conn.execute("SELECT * FROM steps WHERE incident_id = ? ORDER BY id", (incident_id,))
+            for s in conn.execute(
+                "SELECT * FROM steps WHERE incident_id = ? AND id > ? ORDER BY id", (incident_id, steps_after)
+            )
         ]
         inc["transitions"] = [
             dict(t)

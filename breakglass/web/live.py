@@ -2,10 +2,12 @@
 
 The :class:`Hub` lives on breakglass's web server loop. The store calls
 :meth:`Hub.changed` after every committed write (from whatever thread wrote);
-the hub coalesces a burst into one wake-up and refreshes each topic that has
-subscribers (an incident, or the index's status) once: one read and render in
-a small thread pool, then one pass over that topic's subscribers writing the
-bytes each has not seen (streams at the same point share the same bytes). A
+only the first commit of a settle window wakes the loop, and the hub
+refreshes each topic that has subscribers (an incident, or the index's
+status) once: one read (of the steps after the oldest stream's cursor) and
+render in a small thread pool, then one pass over that topic's subscribers
+writing the bytes each has not seen (streams at the same point share the same
+bytes). A
 slow fallback tick also refreshes everything, so writes by another process
 sharing the store still show up, and one ticker sends keepalive comments to
 quiet streams. A subscriber is a socket writer and a cursor: 1,000 open pages
@@ -19,6 +21,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from flask import Flask
@@ -84,7 +87,8 @@ class Hub:
         self._refreshing: dict[Topic, asyncio.Task[None]] = {}
         self._dirty: set[Topic] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._rendered: dict[int, dict[Any, str]] = {}  # per incident, kept while it has streams
+        self._rendered: dict[int, dict[Any, Any]] = {}  # per incident, kept while it has streams
+        self._wake_pending = False  # a commit has woken the loop and its refresh has not started
 
     @property
     def streams(self) -> int:
@@ -127,10 +131,16 @@ class Hub:
     # -- changes --------------------------------------------------------
 
     def changed(self) -> None:
-        """Something was written; safe from any thread, never blocks."""
+        """Something was written; safe from any thread, never blocks.
+
+        Only the first commit of a settle window wakes the loop: the refresh it
+        schedules reads every later one too, so a burst of commits (webhooks,
+        a busy agent) costs one wake-up, not one each.
+        """
         loop = self._loop
-        if loop is None or loop.is_closed():
+        if self._wake_pending or loop is None or loop.is_closed():
             return
+        self._wake_pending = True  # a plain flag: the GIL makes the store atomic
         # The loop may close between the check and the call.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._soon)
@@ -146,6 +156,8 @@ class Hub:
 
     def _refresh_all(self) -> None:
         self._timer = None
+        # Cleared before the reads start: a commit from now on either is read by them or wakes the loop again.
+        self._wake_pending = False
         for topic in list(self._subs):
             self._refresh(topic)
 
@@ -165,9 +177,9 @@ class Hub:
                 self._dirty.discard(topic)
                 if isinstance(topic, tuple):
                     rendered = self._rendered.setdefault(topic[1], {})
-                    inc = await self._loop.run_in_executor(
-                        self._pool, self._in_app, load_incident, topic[1], rendered
-                    )
+                    # The steps no stream has seen, not the whole incident again.
+                    load = partial(load_incident, after=self._cursor(topic))
+                    inc = await self._loop.run_in_executor(self._pool, self._in_app, load, topic[1], rendered)
                     await self._deliver_incident(topic, inc)
                 else:
                     frame = await self._loop.run_in_executor(self._pool, self._in_app, _status_frame)
@@ -176,6 +188,13 @@ class Hub:
                     return
         finally:
             self._refreshing.pop(topic, None)
+
+    def _cursor(self, topic: Topic) -> int:
+        """The oldest step any of ``topic``'s streams has seen (-1: none open)."""
+        return min(
+            (s.feed.step_id for s in self._subs.get(topic, ()) if isinstance(s.feed, IncidentFeed)),
+            default=-1,
+        )
 
     def _in_app(self, fn: Callable[..., Any], *args: Any) -> Any:
         with self.app.app_context():

@@ -55,6 +55,23 @@ class _Answer:
     feed: Any = None
 
 
+class _Chunks:
+    """HTTP/1.1 chunks of the hub's frames, built once for all the streams that get the same bytes.
+
+    The hub hands the same bytes object to every stream at the same point, one stream after
+    another on the loop, so remembering the last one is enough.
+    """
+
+    def __init__(self) -> None:
+        self._data = b""
+        self._chunk = b""
+
+    def __call__(self, data: bytes) -> bytes:
+        if data is not self._data:
+            self._data, self._chunk = data, b"%x\r\n%b\r\n" % (len(data), data)
+        return self._chunk
+
+
 @dataclass
 class _Deferred:
     feed: Any = None
@@ -77,6 +94,7 @@ class WebServer:
         self._stop: asyncio.Event | None = None
         self._closed = threading.Event()
         self._clients: set[asyncio.Task[None]] = set()
+        self._chunks = _Chunks()
 
     @property
     def socket(self) -> socket.socket:
@@ -203,7 +221,7 @@ class WebServer:
         answer = await self._loop.run_in_executor(self._pool, _call_app, self.app, environ)
         answer.feed = deferred.feed
         head_only = request.method == b"HEAD"
-        if answer.feed is not None:
+        if answer.feed is not None and not head_only:
             await self._stream(conn, reader, writer, answer)
             return False
         headers = [
@@ -231,12 +249,17 @@ class WebServer:
         response = h11.Response(status_code=answer.status, headers=headers, reason=answer.reason)
         await self._write(writer, conn.send(response))
         transport = writer.transport
+        # h11 frames a body of unknown length as chunks for an HTTP/1.1 client and sends it bare
+        # (ending it by closing) to an HTTP/1.0 one; the hub's frames are framed here, once for
+        # every stream that gets the same bytes, and h11 still ends the body.
+        chunks = self._chunks if conn.their_http_version == b"1.1" else None
 
         def send(data: bytes) -> bool:
             # The hub writes without waiting; a client this far behind is dropped instead.
             if transport.is_closing() or transport.get_write_buffer_size() > STREAM_BACKLOG_BYTES:
                 return False
-            transport.write(conn.send(h11.Data(data=data)) or b"")
+            if data:
+                transport.write(chunks(data) if chunks is not None else data)
             return True
 
         sub = self.hub.subscribe(answer.feed, send)

@@ -25,7 +25,7 @@ from flask import Blueprint, Response, abort, current_app, render_template, requ
 
 from breakglass.web.context import ID_RULE, web_context
 from breakglass.web.humanize import clock, duration
-from breakglass.web.steps import conversation
+from breakglass.web.steps import Thread, describe
 
 bp = Blueprint("sse", __name__)
 
@@ -34,6 +34,8 @@ KEEPALIVE_SECONDS = 15.0
 RETRY_MILLISECONDS = 3000
 RETRY_FRAME = f"retry: {RETRY_MILLISECONDS}\n\n"
 KEEPALIVE_FRAME = ": keepalive\n\n"
+# Where load_incident's cache keeps the conversation's Thread.
+THREAD_KEY = "thread"
 # The environ key under which breakglass's server offers to stream a feed itself.
 DEFER_KEY = "breakglass.stream"
 
@@ -70,22 +72,30 @@ class StatusFeed:
     keepalive: float
 
 
-def load_incident(incident_id: int, rendered: dict[Any, str] | None = None) -> dict[str, Any] | None:
+def load_incident(
+    incident_id: int, rendered: dict[Any, Any] | None = None, *, after: int = -1
+) -> dict[str, Any] | None:
     """The stored incident with each step and transition rendered as HTML (needs an app context).
 
     Steps and transitions never change once written, so ``rendered`` (kept by the
-    caller) saves rendering them again on every refresh.
+    caller) saves rendering them again on every refresh; it also keeps the
+    conversation's :class:`Thread`, which places each new step under the tool call
+    it happened in. With ``after`` (a stream's cursor) only the steps after it,
+    and after what ``rendered`` already holds, are read: a refresh of a long
+    incident costs its new steps, not all of them.
     """
-    inc = web_context().store.get_incident(incident_id)
+    cache: dict[Any, Any] = {} if rendered is None else rendered
+    thread: Thread = cache.setdefault(THREAD_KEY, Thread())
+    inc = web_context().store.get_incident(incident_id, steps_after=max(0, min(after, thread.last)))
     if inc is None:
         return None
-    cache: dict[Any, str] = {} if rendered is None else rendered
-    for s, view in zip(inc["steps"], conversation(inc["steps"]), strict=True):
+    for s in inc["steps"]:
         key = ("step", s["id"])
         if key not in cache:
             # Alone: what ran inside a tool call arrives later and the page nests it under ``parent``.
-            cache[key] = render_template("_step.html", s=s, v=view, inner=())
-        s["html"], s["parent"] = cache[key], view.parent
+            view = describe(s, thread)
+            cache[key] = (render_template("_step.html", s=s, v=view, inner=()), view.parent)
+        s["html"], s["parent"] = cache[key]
     for i, t in enumerate(inc["transitions"]):
         key = ("transition", i)
         if key not in cache:
@@ -190,8 +200,9 @@ def incident_events(incident_id: int) -> Response:
     def frames() -> Iterator[str]:
         yield RETRY_FRAME
         quiet_since = time.monotonic()
+        rendered: dict[Any, Any] = {}
         while True:
-            inc = load_incident(incident_id)
+            inc = load_incident(incident_id, rendered, after=feed.step_id)
             if inc is None:
                 return
             sent, closed = incident_frames(inc, feed)

@@ -115,17 +115,35 @@ def _is_refusal(kind: str, data: dict[str, Any]) -> bool:
 
 
 @dataclass
-class _Thread:
-    """Which tool call is running as the steps go by (the model's calls run one after another)."""
+class Thread:
+    """The conversation so far, step by step: which tool call is running (the model's run one after another).
+
+    Each step goes through :meth:`follow` once, in order; ``last`` is the id of the last one, so a
+    caller that keeps a Thread needs only the steps after it.
+    """
 
     pending: list[int] = field(default_factory=list)  # tool_call step ids without a result yet
     by_call_id: dict[str, int] = field(default_factory=dict)  # the model's call id -> step id
     refused: set[int] = field(default_factory=set)  # calls with a refusal already shown inside them
     turns: int = 0
     previous_kind: str = ""
+    last: int = 0
 
-    def place(self, kind: str, data: dict[str, Any], step_id: int) -> int:
-        """The tool_call step that ``step`` belongs to (0: none), updating what is running."""
+    def follow(self, step: dict[str, Any]) -> int:
+        """Take the next step; the id of the tool_call step it belongs to (0: none)."""
+        kind = str(step.get("kind") or "note")
+        data = step.get("data")
+        data = data if isinstance(data, dict) else {}
+        step_id = int(step.get("id") or 0)
+        parent = self._place(kind, data, step_id)
+        self.previous_kind, self.last = kind, max(self.last, step_id)
+        if _is_refusal(kind, data) and parent:
+            self.refused.add(parent)
+        if kind == "usage":
+            self.turns += 1
+        return parent
+
+    def _place(self, kind: str, data: dict[str, Any], step_id: int) -> int:
         if kind == "tool_call":
             if self.previous_kind != "tool_call":
                 self.pending.clear()  # a new batch: nothing of an older one is still running
@@ -164,18 +182,14 @@ def _tool_result(view: StepView, data: dict[str, Any], refusal_shown: bool) -> N
     view.output = output
 
 
-def describe(step: dict[str, Any], thread: _Thread | None = None) -> StepView:
+def describe(step: dict[str, Any], thread: Thread | None = None) -> StepView:
     """The readable view of one stored step; ``thread`` carries what earlier steps started."""
-    thread = _Thread() if thread is None else thread
+    thread = Thread() if thread is None else thread
     kind = str(step.get("kind") or "note")
     data = step.get("data")
     data = data if isinstance(data, dict) else {"text": data}
-    step_id = int(step.get("id") or 0)
     view = StepView(speaker=SPEAKERS.get(kind, "watchdog"), title=kind.replace("_", " "))
-    view.parent = thread.place(kind, data, step_id)
-    thread.previous_kind = kind
-    if _is_refusal(kind, data) and view.parent:
-        thread.refused.add(view.parent)
+    view.parent = thread.follow(step)
     output = data.get("output")
     if kind == "agent_text":
         view.title, view.text = "agent says", str(data.get("text") or "")
@@ -183,7 +197,6 @@ def describe(step: dict[str, Any], thread: _Thread | None = None) -> StepView:
         view.title = f"{data.get('who') or 'a person'} tells the agent"
         view.text = str(data.get("text") or "")
     elif kind == "usage":
-        thread.turns += 1
         view.title = (
             f"model turn {thread.turns}: {data.get('input_tokens', 0)} tokens in, "
             f"{data.get('output_tokens', 0)} out"
@@ -243,5 +256,5 @@ def describe(step: dict[str, Any], thread: _Thread | None = None) -> StepView:
 
 def conversation(steps: Iterable[dict[str, Any]]) -> list[StepView]:
     """Each step's view in order, placed in the conversation by the steps before it."""
-    thread = _Thread()
+    thread = Thread()
     return [describe(s, thread) for s in steps]
