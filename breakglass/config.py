@@ -101,6 +101,11 @@ class IncidentSettings(_Model):
     verify_rounds: int = Field(3, ge=1)
     verify_timeout_seconds: float = Field(600.0, gt=0)
     repeat_interval_seconds: float = Field(4 * 3600.0, gt=0)
+    # How long the process working an incident holds it without renewing (it renews
+    # every third of this). Another process sharing the store takes the incident over
+    # only after its holder's lease lapsed: this is also how long an incident waits
+    # after a crash (a clean stop lets go at once).
+    lease_seconds: float = Field(30.0, gt=0)
 
 
 class RetentionSettings(_Model):

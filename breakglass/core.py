@@ -22,7 +22,7 @@ from breakglass.agent.select import remediator_for
 from breakglass.config import Config, Target
 from breakglass.events import Observers, ReadingsFeed
 from breakglass.incidents.governor import Governor
-from breakglass.incidents.manager import IncidentManager, TriggerResult
+from breakglass.incidents.manager import IncidentManager, TriggerResult, process_owner
 from breakglass.metrics import Metrics
 from breakglass.remote import DevvmShell, PveClient
 from breakglass.store import Store
@@ -97,7 +97,9 @@ class Core:
             )
             for t in cfg.targets
         }
-        self.governor = Governor(store, cfg.budget, clock=clock, on_event=self.observers.emit)
+        self.governor = Governor(
+            store, cfg.budget, clock=clock, on_event=self.observers.emit, owner=process_owner()
+        )
         self.manager = IncidentManager(
             cfg,
             store,
@@ -130,6 +132,7 @@ class Core:
         if unknown:
             log.warning("ledger_recovered", unknown_outcomes=unknown)
         self._resume_incidents()
+        self.manager.start()
         self._flusher = asyncio.create_task(self._flush_loop(), name="readings-writer")
         if not schedule:
             return
@@ -187,7 +190,11 @@ class Core:
         return len(batch)
 
     def _resume_incidents(self) -> None:
-        """Incidents left active by a stop or a crash go on from their last committed step."""
+        """Incidents left active by a stop or a crash go on from their last committed step.
+
+        Only those nobody holds, or whose holder's lease lapsed: an incident another live
+        process holds is its business (probe rounds take it over if that process dies).
+        """
         for name in self.targets:
             inc = self.store.active_incident(name)
             if inc is not None:
@@ -250,6 +257,13 @@ class Core:
         self._export_budget(readings.target)
         await self.feed.publish(readings)
         active = self.store.active_incident(readings.target)
+        # Held by another process sharing the store: left alone unless its lease lapsed.
+        if (
+            active is not None
+            and not self.manager.holds(active)
+            and self.manager.resume_after_restart(active) is not None
+        ):
+            active = self.store.active_incident(readings.target)
         if active is not None and active["state"] == "escalated":
             # One record per episode: the escalated incident is tended, never replaced.
             healthy = not ev.active and is_healthy(readings, self.cfg.rules)
@@ -324,7 +338,7 @@ class Core:
         grant_id = self.governor.grant(target, who, why)
         inc = self.store.active_incident(target)
         if inc is not None and inc["state"] == "escalated":
-            self.manager.resume(inc["id"], f"{who} granted one more power action: {why}")
+            self.manager.resume(inc["id"], f"{who} granted one more power action: {why}", by_person=True)
         return grant_id
 
     def status(self, names: Iterable[str] | None = None) -> dict[str, Any]:

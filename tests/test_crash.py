@@ -70,7 +70,13 @@ def test_kill_9_just_after_a_cycle_reached_the_host_resumes_the_same_incident_to
     second = _serve(sim.config_path, tmp_path / "serve.log")
     try:
         wait_for(lambda: _get(f"{base}/readyz"), within=30, what="serve to be ready again")
-        assert _ledger(db) == [("cycle", "unknown")]  # it counts, and it is never sent again
+        # Once the killed process's lease lapses, the new one claims the incident, and the
+        # row in flight becomes unknown: it counts, and it is never sent again.
+        wait_for(
+            lambda: _ledger(db) == [("cycle", "unknown")],
+            within=cfg.incidents.lease_seconds + 10,
+            what="the claim",
+        )
         done = wait_for(
             lambda: next(
                 (

@@ -76,11 +76,14 @@ def test_network_partition_escalates_as_observer_side_without_acting(
     assert inc["state"] == "escalated"
     assert "observer" in inc["report"].lower()
     assert power_verbs(sim.state()) == []
-    assert (
-        running.metrics.registry.get_sample_value(
+    # The counter moves just after the state is committed (the notice comes first): wait for it.
+    wait_for(
+        lambda: running.metrics.registry.get_sample_value(
             "breakglass_escalations_total", {"target": running.target, "reason": "observer_side"}
         )
-        == 1
+        == 1,
+        within=5,
+        what="the escalation counted",
     )
 
 

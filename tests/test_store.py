@@ -124,12 +124,7 @@ def test_an_escalated_incident_stays_open_and_a_transition_is_claimed_once(
 
 def test_an_old_closed_escalation_stays_closed_after_the_migration(tmp_path: Path) -> None:
     old = tmp_path / "old.db"
-    conn = sqlite3.connect(old, isolation_level=None)
-    for script in MIGRATIONS[:2]:
-        for statement in script.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-    conn.execute("PRAGMA user_version = 2")
+    conn = _old_store(old, 2)
     for n in range(2):  # two closed escalations of one target: fine before, fine after
         conn.execute(
             "INSERT INTO incidents (target, trigger, state, opened_at, closed_at) "
@@ -141,6 +136,86 @@ def test_an_old_closed_escalation_stays_closed_after_the_migration(tmp_path: Pat
     assert store.active_incident("devvm") is None
     assert not store.transition(1, "resolved", "closed rows never move")
     assert store.open_incident("devvm", "rule", "new", "w", {})[1]
+    store.close()
+
+
+def _old_store(path: Path, version: int) -> sqlite3.Connection:
+    """A store file as schema ``version`` left it, open for inserting old rows."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for script in MIGRATIONS[:version]:
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {version}")
+    return conn
+
+
+def test_an_incident_is_held_by_one_owner_until_its_lease_lapses(store: Store, clock: FakeClock) -> None:
+    i, _ = store.open_incident("devvm", "rule", "r", "w", {}, owner="a", lease_seconds=30)
+    assert store.active_incident("devvm")["owner"] == "a"
+    assert store.claim_incident(i, "b", 30) is None  # a live holder keeps it
+    assert not store.transition(i, "diagnosing", "b is not the holder", owner="b")
+    assert store.transition(i, "diagnosing", "a works it", owner="a")
+    clock.now += 20
+    assert store.renew_leases("a", 30) == {i}  # renewed at 20: held until 50
+    clock.now += 25
+    assert store.claim_incident(i, "b", 30) is None
+    clock.now += 6  # 51: a stopped renewing (it died)
+    assert store.claim_incident(i, "b", 30) == []
+    assert store.renew_leases("a", 30) == set()  # a learns it lost it
+    assert not store.transition(i, "remediating", "a no longer holds it", owner="a")
+    assert store.transition(i, "remediating", "b does", owner="b")
+    assert store.release_incidents("b") == 1
+    assert store.claim_incident(i, "c", 30) == []  # let go: claimable at once
+
+
+def test_taking_an_incident_over_settles_its_in_flight_verb_as_unknown(
+    store: Store, clock: FakeClock
+) -> None:
+    i, _ = store.open_incident("devvm", "rule", "r", "w", {}, owner="a", lease_seconds=3)
+    row = store.ledger_insert("devvm", i, "cycle", "runbook")  # a sent it, then died
+    assert store.ledger_unfinished() == []  # a live incident's rows are its holder's to settle
+    clock.now += 4
+    [settled] = store.claim_incident(i, "b", 3)
+    assert settled["id"] == row
+    assert [(r["verb"], r["result"]) for r in store.ledger_rows("devvm")] == [("cycle", "unknown")]
+    assert not store.ledger_finish(row, "ok")  # never re-decided
+    assert store.claim_incident(i, "b", 3) == []  # its own claim again: nothing to settle
+
+
+def test_a_person_takes_an_escalated_incident_from_a_live_holder(store: Store) -> None:
+    i, _ = store.open_incident("devvm", "rule", "r", "w", {}, owner="a", lease_seconds=30)
+    assert store.claim_incident(i, "b", 30, take_from_state="escalated") is None  # a is working it
+    assert store.transition(i, "escalated", "budget spent", owner="a")
+    assert store.claim_incident(i, "b", 30, take_from_state="escalated") == []
+    assert store.active_incident("devvm")["owner"] == "b"
+
+
+def test_a_power_claim_needs_the_incident_held_in_the_same_transaction(store: Store) -> None:
+    i, _ = store.open_incident("devvm", "rule", "r", "w", {}, owner="a", lease_seconds=30)
+
+    def allow(*_: object) -> tuple[bool, None, dict[str, str]]:
+        return True, None, {}
+
+    claim = {"window_since": 0.0, "decide": allow}
+    assert store.ledger_claim("devvm", i, "reset", "runbook", holder="b", **claim) == (False, None)
+    assert store.ledger_rows("devvm") == []
+    allowed, row = store.ledger_claim("devvm", i, "reset", "runbook", holder="a", **claim)
+    assert allowed
+    assert row is not None
+
+
+def test_an_active_incident_from_before_owners_is_claimable_after_the_migration(tmp_path: Path) -> None:
+    conn = _old_store(tmp_path / "old.db", 3)
+    conn.execute(
+        "INSERT INTO incidents (target, trigger, state, opened_at) VALUES ('devvm', 'rule', 'diagnosing', 1)"
+    )
+    conn.close()
+    store = Store(tmp_path / "old.db")
+    assert store.schema_version() == len(MIGRATIONS)
+    inc = store.active_incident("devvm")
+    assert (inc["owner"], inc["lease_until"]) == (None, None)
+    assert store.claim_incident(inc["id"], "a", 30) == []
     store.close()
 
 

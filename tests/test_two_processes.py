@@ -3,21 +3,29 @@
 They share the SQLite file (and so the ledger, the incidents and the budget) and
 watch the same simulated VM; each has its own web port. Whatever they race for,
 the host gets one power verb, the ledger has one row that was sent, the target
-one incident, and only one process works it.
+one incident, and only one process works it: the one holding its lease. A
+process started beside a live holder leaves the incident alone; when the holder
+is killed, the other takes it over once the lease has lapsed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from harness import wait_for
 from serve_support import db_rows, serve, stop, wait_serving
+from servers import Servers
 
 from breakglass.sim.runner import SimHandle
 from breakglass.sim.statedir import free_port
+from breakglass.sim.vm import SimTiming
 
 
 def _config(sim: SimHandle, path: Path, **budget: Any) -> tuple[Path, str]:
@@ -43,12 +51,7 @@ def test_two_serve_processes_on_one_store_with_the_budget_at_1_send_one_verb(
         for base in bases:
             wait_serving(base)
         sim.inject("sshd_dead")  # SSH refuses, the guest agent answers: the remedy is reset
-        done = wait_for(
-            lambda: db_rows(db, "SELECT id, state FROM incidents WHERE closed_at IS NOT NULL"),
-            within=60,
-            what="the incident to close",
-        )
-        assert [state for _, state in done] == ["resolved"]
+        assert _wait_closed(db) == ["resolved"]
         for base in bases:  # both still serving once it is over
             wait_serving(base, within=5)
     finally:
@@ -62,3 +65,103 @@ def test_two_serve_processes_on_one_store_with_the_budget_at_1_send_one_verb(
     # One process worked it: one diagnosis, never a second run of a remediator.
     moves = db_rows(db, "SELECT to_state FROM transitions WHERE incident_id = ?", (incident,))
     assert moves.count(("diagnosing",)) == 1, moves
+
+
+@pytest.fixture
+def slow_stop_sim(tmp_path: Path, servers: Servers) -> SimHandle:
+    """A test-profile simulator whose Proxmox host takes 6 s to stop a VM: a cycle stays in flight."""
+    timing = dataclasses.replace(SimTiming.profile("test"), stop_seconds=6.0)
+    return servers.sim(tmp_path / "sim", "test", timing=timing)
+
+
+def _wait_closed(db: Path) -> list[str]:
+    """Wait until the target's incident closed; the states of the closed incidents."""
+    done = wait_for(
+        lambda: db_rows(db, "SELECT state FROM incidents WHERE closed_at IS NOT NULL"),
+        within=60,
+        what="the incident to close",
+    )
+    return [state for (state,) in done]
+
+
+def _holder_pid(db: Path) -> int | None:
+    rows = db_rows(db, "SELECT owner FROM incidents WHERE closed_at IS NULL AND owner IS NOT NULL")
+    return int(rows[0][0].split(":")[1]) if rows else None
+
+
+def _notes(db: Path) -> list[str]:
+    return [t for (t,) in db_rows(db, "SELECT json_extract(data, '$.text') FROM steps WHERE kind = 'note'")]
+
+
+def _events(log: Path) -> list[str]:
+    lines = log.read_text().splitlines()
+    return [json.loads(line).get("event", "") for line in lines if line.startswith("{")]
+
+
+def test_a_process_started_beside_a_live_holder_leaves_its_incident_alone(
+    slow_stop_sim: SimHandle, tmp_path: Path
+) -> None:
+    sim, db = slow_stop_sim, slow_stop_sim.config.store_path
+    first_cfg, first_base = _config(sim, tmp_path / "a.yaml")
+    second_cfg, second_base = _config(sim, tmp_path / "b.yaml")
+    first = serve(first_cfg, tmp_path / "a.log")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        wait_serving(first_base)
+        sim.inject("io_stall")
+        wait_for(lambda: sim.state()["verb_counts"].get("cycle") == 1, within=30, what="the cycle sent")
+        second = serve(second_cfg, tmp_path / "b.log")
+        wait_serving(second_base)
+        # The first process is still sending its cycle (the host takes 6 s): the second one
+        # neither records its outcome as unknown nor resumes the incident.
+        assert db_rows(db, "SELECT verb, result FROM ledger") in ([("cycle", None)], [("cycle", "ok")])
+        assert _holder_pid(db) == first.pid
+        assert _wait_closed(db) == ["resolved"]
+    finally:
+        codes = [stop(p) for p in (first, second) if p is not None]
+    assert codes == [0, 0]
+    assert db_rows(db, "SELECT verb, result FROM ledger") == [("cycle", "ok")]
+    assert [e["verb"] for e in sim.state()["power_log"]] == ["cycle"]
+    assert len(db_rows(db, "SELECT id FROM incidents")) == 1
+    assert not [n for n in _notes(db) if "resumed" in n or "taken over" in n]
+    second_events = _events(tmp_path / "b.log")
+    assert "incident_resumed" not in second_events
+    assert "incident_taken_over" not in second_events
+
+
+def test_kill_9_of_the_holder_the_other_process_takes_the_incident_over_once_its_lease_lapsed(
+    slow_stop_sim: SimHandle, tmp_path: Path
+) -> None:
+    sim, db = slow_stop_sim, slow_stop_sim.config.store_path
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    bases: dict[str, str] = {}
+    try:
+        for name in ("a", "b"):
+            config, bases[name] = _config(sim, tmp_path / f"{name}.yaml")
+            procs[name] = serve(config, tmp_path / f"{name}.log")
+        for base in bases.values():
+            wait_serving(base)
+        sim.inject("io_stall")
+        wait_for(lambda: sim.state()["verb_counts"].get("cycle") == 1, within=30, what="the cycle sent")
+        # The process that sent it holds the incident.
+        [holder] = [n for n in procs if "power_verb_sending" in _events(tmp_path / f"{n}.log")]
+        [other] = [n for n in procs if n != holder]
+        procs[holder].send_signal(signal.SIGKILL)
+        assert procs[holder].wait(10) == -signal.SIGKILL
+        assert db_rows(db, "SELECT verb, result FROM ledger") == [("cycle", None)]
+        # The survivor claims it after the lease (3 s at the test profile) and settles the row.
+        wait_for(
+            lambda: db_rows(db, "SELECT verb, result FROM ledger") == [("cycle", "unknown")],
+            within=15,
+            what="the survivor to claim the incident",
+        )
+        assert _holder_pid(db) in (procs[other].pid, None)
+        assert _wait_closed(db) == ["resolved"]
+    finally:
+        for p in procs.values():
+            stop(p)
+    assert [e["verb"] for e in sim.state()["power_log"]] == ["cycle"]  # the one the killed holder sent
+    assert db_rows(db, "SELECT verb, result FROM ledger") == [("cycle", "unknown")]
+    assert len(db_rows(db, "SELECT id FROM incidents")) == 1
+    assert [n for n in _notes(db) if "taken over" in n]
+    assert "incident_taken_over" in _events(tmp_path / f"{other}.log")

@@ -27,7 +27,11 @@ A grant lifts the window budget by exactly one action; the minimum gap
 still applies, so a grant never allows two verbs in quick succession.
 
 On start, :meth:`Governor.recover` marks rows that never got an outcome as
-``unknown``: they still count, and they are never re-sent.
+``unknown``: they still count, and they are never re-sent. A row of an active
+incident is settled that way by whichever process claims the incident (its
+holder may be alive in another process, still sending); and with an ``owner``
+a verb is claimed only for an incident this process holds, in the same
+transaction as the budget.
 """
 
 from __future__ import annotations
@@ -112,8 +116,11 @@ class Governor:
         *,
         clock: Callable[[], float] = time.time,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        owner: str | None = None,
     ) -> None:
         self.store = store
+        # This process's name for the incidents it holds: a verb is claimed only for one of them.
+        self.owner = owner
         self.budget = budget
         self.clock = clock
         self._on_event = on_event or (lambda event, data: None)
@@ -183,11 +190,12 @@ class Governor:
 
     def claim(
         self, target: str, incident_id: int | None, verb: Verb, who: str, trace: dict[str, Any]
-    ) -> tuple[Decision, int]:
+    ) -> tuple[Decision, int | None]:
         """Decide and write the ledger row in one store transaction: ``(decision, row id)``.
 
         The row is in flight (counting) when allowed and real, ``dry_run`` in a dry run,
-        ``denied`` otherwise. Safe across processes sharing the store.
+        ``denied`` otherwise. Safe across processes sharing the store. With an ``owner``,
+        the incident must still be held by this process, or nothing is written (row None).
         """
         now = self.clock()
         made: list[Decision] = []
@@ -207,7 +215,11 @@ class Governor:
             window_since=now - self.budget.window_seconds,
             decide=decide,
             dry_run=self.budget.dry_run,
+            holder=self.owner,
         )
+        if not made:
+            reason = f"incident #{incident_id} is held by another watchdog process now"
+            return Decision(False, verb, reason, None, 0), None
         return made[-1], row
 
     def remaining(self, target: str) -> tuple[int, float | None]:
@@ -233,17 +245,23 @@ class Governor:
         return grant_id
 
     def recover(self) -> int:
-        """Mark ledger rows that never got an outcome as ``unknown``; return how many."""
-        n = 0
-        for row in self.store.ledger_unfinished():
-            if self.store.ledger_finish(
-                row["id"], "unknown", "the watchdog stopped before the outcome was known"
-            ):
-                n += 1
-                self._on_event(
-                    "power_action", {"target": row["target"], "verb": row["verb"], "result": "unknown"}
-                )
-        return n
+        """Mark ledger rows that never got an outcome as ``unknown``; return how many.
+
+        Rows of an active incident are left to whoever claims that incident (another
+        live process may be sending that verb now); the claim settles them the same way.
+        """
+        why = "the watchdog stopped before the outcome was known"
+        unfinished = self.store.ledger_unfinished()
+        done = [row for row in unfinished if self.store.ledger_finish(row["id"], "unknown", why)]
+        self.settled(done)
+        return len(done)
+
+    def settled(self, rows: list[dict[str, Any]]) -> None:
+        """Announce rows found in flight and recorded ``unknown`` (at start, or on claiming an incident)."""
+        for row in rows:
+            target, verb = row["target"], row["verb"]
+            log.warning("power_verb_unknown", target=target, verb=verb, ledger_id=row["id"])
+            self._on_event("power_action", {"target": target, "verb": verb, "result": "unknown"})
 
     # -- sending ---------------------------------------------------------
 
@@ -309,6 +327,7 @@ class Governor:
             )
             self._emit(target, verb, "denied", decision, incident_id, row)
             return PowerOutcome(verb, "denied", decision, row, "", None)
+        assert row is not None
         if forensics is None:  # the budget freed up between the look and the claim
             forensics = await self._forensics(pve)
         step(incident_id, "forensics", forensics)
@@ -365,7 +384,7 @@ class Governor:
         return ("ok" if res.exit_status == 0 else "failed"), output
 
     def _emit(
-        self, target: str, verb: Verb, result: str, decision: Decision, incident_id: int, row: int
+        self, target: str, verb: Verb, result: str, decision: Decision, incident_id: int, row: int | None
     ) -> None:
         # One line per decision: power_verb_sent (ok, failed, unknown), _denied or _dry_run.
         event = {"denied": "power_verb_denied", "dry_run": "power_verb_dry_run"}.get(

@@ -5,14 +5,25 @@ and escalated, which stays open while the target is sick (tended each probe
 round: verified and resolved when healthy, worked again when the budget or a
 person allows). Every transition is claimed in the Store with a conditional
 ``UPDATE ... WHERE state = ?`` and stored with its time and reason; the Store
-also enforces one active incident per target atomically. An incident left
-active by a stop or a crash resumes on start from its last committed step
-(:meth:`IncidentManager.resume_after_restart`).
+also enforces one active incident per target atomically.
+
+Who works an active incident: the process that opened or claimed it holds a
+lease on it in the store (``owner``, ``lease_until``), renewed every third of
+``incidents.lease_seconds``. Only the holder works, tends or moves it (each
+transition and each power claim is conditional on holding it), so several
+processes may share one store and watch the same targets: the others attach
+their triggers to it and leave it alone. An incident left active by a stop or
+a crash resumes from its last committed step in whichever process claims it
+first once its lease has lapsed, at start or on a later probe round
+(:meth:`IncidentManager.resume_after_restart`); a clean stop lets go at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
@@ -50,6 +61,11 @@ class TriggerResult:
     duplicate: bool = False  # a copy of an alert already delivered to the active incident
 
 
+def process_owner() -> str:
+    """A name for this process's claims on incidents: host, pid and a random part (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
 class IncidentManager:
     """Opens incidents, runs a remediator for each, verifies and closes them."""
 
@@ -65,8 +81,15 @@ class IncidentManager:
         observers: Observers | None = None,
         on_power: Callable[[str, float], None] | None = None,
         clock: Callable[[], float] = time.time,
+        owner: str | None = None,
     ) -> None:
         self.cfg = cfg
+        # The name this process holds incidents under (the Governor claims verbs under it too).
+        self.owner = owner or governor.owner or process_owner()
+        self._lease = cfg.incidents.lease_seconds
+        # Incidents whose work was cancelled because another process took them over.
+        self._lost: set[int] = set()
+        self._lease_task: asyncio.Task[None] | None = None
         self.store = store
         self.governor = governor
         self.feed = feed
@@ -125,20 +148,22 @@ class IncidentManager:
                 return TriggerResult(None, False, why)
         if alert is not None:
             incident_id, outcome = self.store.open_incident_for_alert(
-                target, alert, trigger, reason, who, evidence
+                target, alert, trigger, reason, who, evidence, owner=self.owner, lease_seconds=self._lease
             )
             if outcome == "duplicate":
                 return TriggerResult(incident_id, False, duplicate=True)
             created = outcome == "opened"
         else:
-            incident_id, created = self.store.open_incident(target, trigger, reason, who, evidence)
+            incident_id, created = self.store.open_incident(
+                target, trigger, reason, who, evidence, owner=self.owner, lease_seconds=self._lease
+            )
         if created:
             log.info("incident_opened", incident=incident_id, target=target, trigger=trigger, who=who)
             self.observers.emit("opened", {"incident": incident_id, "target": target, "trigger": trigger})
             self._start(incident_id, self._work_unguarded(incident_id))
         elif trigger in MANUAL_TRIGGERS:
             # A person acting on an escalated incident: work it again, with what they said.
-            self.resume(incident_id, f"{who} triggered it again: {reason}")
+            self.resume(incident_id, f"{who} triggered it again: {reason}", by_person=True)
         else:
             self.observers.emit("attached", {"incident": incident_id, "target": target, "trigger": trigger})
         return TriggerResult(incident_id, created)
@@ -167,15 +192,58 @@ class IncidentManager:
             await asyncio.wait(tasks, timeout=limit)
 
     async def stop(self) -> None:
-        """Cancel running incident work; the store keeps what happened so far."""
+        """Cancel running incident work and let go of every incident held; the store keeps the rest."""
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            await asyncio.gather(self._lease_task, return_exceptions=True)
+            self._lease_task = None
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        # A clean stop: the next start (or another process) resumes them without waiting.
+        self.store.release_incidents(self.owner)
+
+    # -- holding incidents -----------------------------------------------
+
+    def start(self) -> None:
+        """Renew this process's leases every third of ``incidents.lease_seconds`` until stopped."""
+        if self._lease_task is None:
+            self._lease_task = asyncio.create_task(self._keep_leases(), name="incident-leases")
+
+    async def _keep_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            try:
+                self.renew_leases()
+            except Exception:  # a failed renewal is retried; the lease covers two more tries
+                log.exception("incident_lease_renewal_failed")
+
+    def renew_leases(self) -> set[int]:
+        """Renew every lease held; stop working any incident another process took over. Held ids."""
+        held = self.store.renew_leases(self.owner, self._lease)
+        for incident_id, task in list(self._tasks.items()):
+            if incident_id in held or task.done():
+                continue
+            inc = self.store.get_incident(incident_id)
+            if inc is None or inc["closed_at"] is not None:
+                continue  # it closed: the task is finishing on its own
+            log.warning("incident_lost", incident=incident_id, target=inc["target"], holder=inc["owner"])
+            self._lost.add(incident_id)
+            task.cancel()
+        return held
+
+    def holds(self, inc: Mapping[str, Any]) -> bool:
+        """True when this process holds ``inc`` (as last read from the store)."""
+        return inc.get("owner") == self.owner
 
     # -- after a restart -------------------------------------------------
 
-    def resume_after_restart(self, inc: Mapping[str, Any]) -> str:
+    def resume_after_restart(self, inc: Mapping[str, Any]) -> str | None:
         """Resume an incident left active by a stopped or killed watchdog, from its last committed step.
+
+        Only once it is claimed (:meth:`Store.claim_incident`): nobody holds it, or its
+        holder's lease has lapsed; an incident a live process holds is left alone (None).
+        Its ledger rows still in flight become ``unknown`` in the claim. Then:
 
         1. escalated: nothing to do; the probe rounds tend it as before;
         2. a power verb was decided for it (its ledger row is ``ok``, ``failed`` or
@@ -183,12 +251,26 @@ class IncidentManager:
            incident goes on to the one verification path, and resolves if the VM is back;
         3. otherwise nothing mutating may have happened: it is diagnosed afresh.
 
-        Returns the step it resumed at.
+        Returns the step it resumed at, or None when it is not ours to resume.
         """
         incident_id, target = int(inc["id"]), str(inc["target"])
-        if inc["state"] == "escalated" or incident_id in self._tasks:
-            return "escalated"
+        if incident_id in self._tasks:
+            return None
+        holder, lease_until = inc.get("owner"), inc.get("lease_until")
+        if holder not in (None, self.owner) and lease_until is not None and lease_until >= self._clock():
+            return None  # a live process holds it (looked at without taking the write lock)
+        settled = self.store.claim_incident(incident_id, self.owner, self._lease)
+        if settled is None:
+            return None
+        if holder not in (None, self.owner):
+            log.warning("incident_taken_over", incident=incident_id, target=target, holder=holder)
+            self.store.add_step(
+                incident_id, "note", {"text": f"taken over from {holder}, whose claim had lapsed"}
+            )
+        self.governor.settled(settled)
         full = self.store.get_incident(incident_id) or {}
+        if full.get("state") in (None, "escalated") or full.get("closed_at") is not None:
+            return "escalated"
         acted = [
             p
             for p in full.get("power_actions", ())
@@ -218,7 +300,7 @@ class IncidentManager:
         inc = self.store.get_incident(incident_id)
         if inc is None or inc["closed_at"] is not None:
             return
-        if inc["state"] != "verifying" and not self.store.transition(
+        if inc["state"] != "verifying" and not self._move(
             incident_id, "verifying", "resumed after a restart", from_state=inc["state"]
         ):
             return
@@ -238,6 +320,8 @@ class IncidentManager:
             # Stopping is not failing: the store holds every committed step, and the next
             # start resumes the incident from there (see resume_after_restart).
             note = "the watchdog stopped during this incident; it resumes on the next start"
+            if incident_id in self._lost:
+                note = "another watchdog process took this incident over; this one stopped working it"
             self.store.add_step(incident_id, "note", {"text": note})
             raise
         except Exception as exc:  # one bad incident must not crash the core
@@ -247,13 +331,14 @@ class IncidentManager:
         finally:
             self._tasks.pop(incident_id, None)
             self._instructions.pop(incident_id, None)
+            self._lost.discard(incident_id)
 
     async def _work_unguarded(self, incident_id: int) -> None:
         inc = self.store.get_incident(incident_id)
         assert inc is not None
         target = self.cfg.target(inc["target"])
         remediator = self._remediator_for(target)
-        if not self.store.transition(incident_id, "diagnosing", f"{remediator.name} diagnosing"):
+        if not self._move(incident_id, "diagnosing", f"{remediator.name} diagnosing"):
             log.warning("transition_refused", incident=incident_id, frm=inc["state"], to="diagnosing")
             return
         shell, pve = self._clients(target.name)
@@ -328,7 +413,8 @@ class IncidentManager:
             self._escalate(incident_id, target.name, result)
             return
         self._advance(incident_id, "remediating", "; ".join(result.did) or "no action needed")
-        self.store.transition(incident_id, "verifying", "waiting for green probe rounds")
+        if not self._move(incident_id, "verifying", "waiting for green probe rounds"):
+            return
         await self._verify_and_close(incident_id, target.name, result)
 
     async def _verify_and_close(self, incident_id: int, target: str, result: RemediationResult) -> None:
@@ -389,7 +475,7 @@ class IncidentManager:
         # The report first: whoever sees the state sees the report with it.
         report = f"{self._report_text(target, result)}\nEscalated: {text}"
         self.store.set_report(incident_id, report)
-        if not self.store.transition(incident_id, "escalated", text):
+        if not self._move(incident_id, "escalated", text):
             log.error("transition_refused", incident=incident_id, to="escalated")
             return
         log.warning(
@@ -435,7 +521,7 @@ class IncidentManager:
         3. otherwise, remind at ``incidents.repeat_interval_seconds``, never more often.
         """
         incident_id, target = int(inc["id"]), str(inc["target"])
-        if inc["state"] != "escalated" or incident_id in self._tasks:
+        if inc["state"] != "escalated" or incident_id in self._tasks or not self.holds(inc):
             return None
         if healthy:
             self._start(incident_id, self._verify_escalated(incident_id, target))
@@ -461,18 +547,28 @@ class IncidentManager:
         )
         return "reminded"
 
-    def resume(self, incident_id: int, why: str) -> bool:
-        """Work an escalated incident again (a person acted, or the budget allows); False if busy."""
+    def resume(self, incident_id: int, why: str, *, by_person: bool = False) -> bool:
+        """Work an escalated incident again (a person acted, or the budget allows); False if busy.
+
+        A person's action takes the incident even from another live process: escalated,
+        nobody is working it, and the claim is conditional on it still being escalated.
+        """
         inc = self.store.get_incident(incident_id)
         if inc is None or inc["state"] != "escalated" or incident_id in self._tasks:
             return False
+        taken = self.store.claim_incident(
+            incident_id, self.owner, self._lease, take_from_state="escalated" if by_person else None
+        )
+        if taken is None:
+            return False
+        self.governor.settled(taken)
         self.store.add_step(incident_id, "note", {"text": f"resumed: {why}"})
         log.info("incident_resumed", incident=incident_id, target=inc["target"], why=why)
         self._start(incident_id, self._work_unguarded(incident_id))
         return True
 
     async def _verify_escalated(self, incident_id: int, target: str) -> None:
-        if not self.store.transition(
+        if not self._move(
             incident_id, "verifying", "the target looks healthy again", from_state="escalated"
         ):
             return
@@ -484,7 +580,7 @@ class IncidentManager:
         inc = self.store.get_incident(incident_id)
         if inc is None or inc["closed_at"] is not None:
             return
-        if not self.store.transition(incident_id, state, why):
+        if not self._move(incident_id, state, why):
             log.error("transition_refused", incident=incident_id, frm=inc["state"], to=state)
             return
         opened = inc["opened_at"]
@@ -509,7 +605,11 @@ class IncidentManager:
     def _advance(self, incident_id: int, state: str, why: str) -> None:
         inc = self.store.get_incident(incident_id)
         if inc is not None and inc["state"] == "diagnosing":
-            self.store.transition(incident_id, state, why)
+            self._move(incident_id, state, why)
+
+    def _move(self, incident_id: int, state: str, why: str, *, from_state: str | None = None) -> bool:
+        """A transition, claimed only while this process holds the incident."""
+        return self.store.transition(incident_id, state, why, from_state=from_state, owner=self.owner)
 
     def _record(self, incident_id: int, kind: str, data: dict[str, Any], target: str | None = None) -> None:
         self.store.add_step(incident_id, kind, data)

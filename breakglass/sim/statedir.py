@@ -40,7 +40,12 @@ PROFILES: dict[str, dict[str, Any]] = {
             "clear_rounds": 1,
         },
         "budget": {"max_actions": 3, "window_seconds": 3600.0, "min_gap_seconds": 1.0},
-        "incidents": {"cooldown_seconds": 3.0, "verify_rounds": 2, "verify_timeout_seconds": 15.0},
+        "incidents": {
+            "cooldown_seconds": 3.0,
+            "verify_rounds": 2,
+            "verify_timeout_seconds": 15.0,
+            "lease_seconds": 3.0,
+        },
         # auto: the model agent runs when ANTHROPIC_API_KEY is set (the test suite unsets it).
         "agent": {"enabled": "auto"},
         "demo": False,
@@ -62,7 +67,12 @@ PROFILES: dict[str, dict[str, Any]] = {
             "clear_rounds": 2,
         },
         "budget": {"max_actions": 3, "window_seconds": 6 * 3600.0, "min_gap_seconds": 60.0},
-        "incidents": {"cooldown_seconds": 60.0, "verify_rounds": 3, "verify_timeout_seconds": 180.0},
+        "incidents": {
+            "cooldown_seconds": 60.0,
+            "verify_rounds": 3,
+            "verify_timeout_seconds": 180.0,
+            "lease_seconds": 15.0,
+        },
         "agent": {"enabled": "auto"},
         "demo": True,
     },

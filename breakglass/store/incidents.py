@@ -1,4 +1,4 @@
-"""Incidents: single-flight opening, the lifecycle, steps as they happen."""
+"""Incidents: single-flight opening, who works each one (a lease), the lifecycle, steps as they happen."""
 
 from __future__ import annotations
 
@@ -39,11 +39,23 @@ class IncidentRecords(Database):
     """Incidents with their steps, transitions and power actions."""
 
     def open_incident(
-        self, target: str, trigger: str, reason: str, who: str, evidence: dict[str, Any]
+        self,
+        target: str,
+        trigger: str,
+        reason: str,
+        who: str,
+        evidence: dict[str, Any],
+        *,
+        owner: str | None = None,
+        lease_seconds: float = 0.0,
     ) -> tuple[int, bool]:
-        """Open an incident, or attach this trigger to the active one: ``(id, created)``."""
+        """Open an incident, or attach this trigger to the active one: ``(id, created)``.
+
+        A new incident is held by ``owner`` (if given) for ``lease_seconds``: see
+        :meth:`claim_incident`.
+        """
         with self._tx() as conn:
-            return self._open(conn, target, trigger, reason, who, evidence)
+            return self._open(conn, target, trigger, reason, who, evidence, (owner, lease_seconds))
 
     def open_incident_for_alert(
         self,
@@ -53,6 +65,9 @@ class IncidentRecords(Database):
         reason: str,
         who: str,
         evidence: dict[str, Any],
+        *,
+        owner: str | None = None,
+        lease_seconds: float = 0.0,
     ) -> tuple[int, str]:
         """Open or attach for a firing alert, recording it in the same transaction.
 
@@ -65,7 +80,9 @@ class IncidentRecords(Database):
             active = _active_id(conn, target)
             if active is not None and _last_delivery(conn, active, fingerprint) == "firing":
                 return active, "duplicate"
-            incident_id, created = self._open(conn, target, trigger, reason, who, evidence)
+            incident_id, created = self._open(
+                conn, target, trigger, reason, who, evidence, (owner, lease_seconds)
+            )
             _deliver(conn, incident_id, fingerprint, "firing", self.clock())
             return incident_id, "opened" if created else "attached"
 
@@ -103,8 +120,10 @@ class IncidentRecords(Database):
         reason: str,
         who: str,
         evidence: dict[str, Any],
+        lease: tuple[str | None, float],
     ) -> tuple[int, bool]:
         now = self.clock()
+        owner, lease_seconds = lease
         active = _active_id(conn, target)
         if active is not None:
             conn.execute(
@@ -117,9 +136,18 @@ class IncidentRecords(Database):
             )
             return active, False
         cur = conn.execute(
-            "INSERT INTO incidents (target, trigger, who, reason, state, opened_at, evidence) "
-            "VALUES (?, ?, ?, ?, 'open', ?, ?)",
-            (target, trigger, who, reason, now, dumps(evidence)),
+            "INSERT INTO incidents (target, trigger, who, reason, state, opened_at, evidence, owner, "
+            "lease_until) VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?)",
+            (
+                target,
+                trigger,
+                who,
+                reason,
+                now,
+                dumps(evidence),
+                owner,
+                now + lease_seconds if owner is not None else None,
+            ),
         )
         incident_id = int(cur.lastrowid or 0)
         conn.execute(
@@ -129,15 +157,97 @@ class IncidentRecords(Database):
         )
         return incident_id, True
 
+    # -- who works an incident -------------------------------------------
+
+    def claim_incident(
+        self,
+        incident_id: int,
+        owner: str,
+        lease_seconds: float,
+        *,
+        take_from_state: str | None = None,
+    ) -> list[dict[str, Any]] | None:
+        """Hold an active incident for ``owner`` until ``lease_seconds`` from now; None if refused.
+
+        A conditional ``UPDATE ... WHERE owner IS NULL OR owner = ? OR lease_until < now``:
+        it succeeds when nobody holds the incident, ``owner`` already does, or the holder's
+        lease has lapsed (it died, or stopped renewing); ``take_from_state`` also takes it
+        from a live holder while the incident is in that state (a person acting on an
+        escalated incident, which no process is working). Taken from another holder, the
+        incident's ledger rows still in flight become ``unknown`` in the same transaction
+        (they count against the budget and are never re-sent); those rows are returned.
+        """
+        now = self.clock()
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT owner, state FROM incidents WHERE id = ? AND closed_at IS NULL", (incident_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            claimed = conn.execute(
+                "UPDATE incidents SET owner = ?, lease_until = ? WHERE id = ? AND closed_at IS NULL "
+                "AND (owner IS NULL OR owner = ? OR lease_until < ? OR state = ?)",
+                (owner, now + lease_seconds, incident_id, owner, now, take_from_state),
+            ).rowcount
+            if claimed != 1:
+                return None
+            if row["owner"] == owner:
+                return []
+            unfinished = [
+                ledger_row(r)
+                for r in conn.execute(
+                    "SELECT * FROM ledger WHERE incident_id = ? AND result IS NULL ORDER BY id",
+                    (incident_id,),
+                )
+            ]
+            conn.execute(
+                "UPDATE ledger SET result = 'unknown', finished_at = ?, "
+                "detail = 'the watchdog working the incident stopped before the outcome was known' "
+                "WHERE incident_id = ? AND result IS NULL",
+                (now, incident_id),
+            )
+            return unfinished
+
+    def renew_leases(self, owner: str, lease_seconds: float) -> set[int]:
+        """Extend every lease ``owner`` holds on an active incident; the ids it still holds."""
+        with self._tx() as conn:
+            conn.execute(
+                f"UPDATE incidents SET lease_until = ? WHERE owner = ? AND {ACTIVE_WHERE}",  # noqa: S608
+                (self.clock() + lease_seconds, owner),
+            )
+            return {
+                int(r["id"])
+                for r in conn.execute(
+                    f"SELECT id FROM incidents WHERE owner = ? AND {ACTIVE_WHERE}",  # noqa: S608
+                    (owner,),
+                )
+            }
+
+    def release_incidents(self, owner: str) -> int:
+        """Let go of every active incident ``owner`` holds (a clean stop): claimable at once."""
+        with self._tx() as conn:
+            return conn.execute(
+                f"UPDATE incidents SET owner = NULL, lease_until = NULL WHERE owner = ? AND {ACTIVE_WHERE}",  # noqa: S608
+                (owner,),
+            ).rowcount
+
     def transition(
-        self, incident_id: int, new_state: str, reason: str, *, from_state: str | None = None
+        self,
+        incident_id: int,
+        new_state: str,
+        reason: str,
+        *,
+        from_state: str | None = None,
+        owner: str | None = None,
     ) -> bool:
         """Move an open incident to ``new_state``; True only for the caller whose move happened.
 
         The move is claimed with a conditional ``UPDATE ... WHERE state = ?`` on an
         incident that is still open, so two workers (or two processes) can never both
         make it. ``from_state`` names the one state it may leave; otherwise any state
-        the lifecycle allows. False when refused or when someone else moved it first.
+        the lifecycle allows; ``owner``, that the incident must be held by that owner (a
+        process whose lease another one took over can no longer move it). False when
+        refused or when someone else moved it first.
         """
         if new_state not in STATES:
             raise ValueError(f"unknown incident state {new_state!r}")
@@ -145,9 +255,11 @@ class IncidentRecords(Database):
         now = self.clock()
         with self._tx() as conn:
             row = conn.execute(
-                "SELECT state FROM incidents WHERE id = ? AND closed_at IS NULL", (incident_id,)
+                "SELECT state, owner FROM incidents WHERE id = ? AND closed_at IS NULL", (incident_id,)
             ).fetchone()
             if row is None or row["state"] not in allowed_from:
+                return False
+            if owner is not None and row["owner"] != owner:
                 return False
             if from_state is not None and row["state"] != from_state:
                 return False

@@ -88,7 +88,8 @@ class PowerLedger(Database):
         window_since: float,
         decide: Decide,
         dry_run: bool = False,
-    ) -> tuple[bool, int]:
+        holder: str | None = None,
+    ) -> tuple[bool, int | None]:
         """Decide and record one power verb in ONE transaction: ``(allowed, ledger row id)``.
 
         Counting the window, the minimum gap, spending a grant and inserting the row
@@ -96,9 +97,20 @@ class PowerLedger(Database):
         never both spend the last action. An allowed real verb gets a row without a
         result (in flight, counting); a refusal a ``denied`` row; a dry run a
         ``dry_run`` row. Only the caller holding an in-flight row may send the verb.
+
+        With ``holder``, the incident must be held by it (see ``claim_incident``) in the
+        same transaction, or nothing is decided or written: ``(False, None)``. A process
+        whose incident another one took over can never spend budget on it.
         """
         now = self.clock()
         with self._tx() as conn:
+            if holder is not None and incident_id is not None:
+                held = conn.execute(
+                    "SELECT 1 FROM incidents WHERE id = ? AND owner = ? AND closed_at IS NULL",
+                    (incident_id, holder),
+                ).fetchone()
+                if held is None:
+                    return False, None
             used = [ledger_row(r) for r in conn.execute(_ACTIONS_SQL, (target, window_since))]
             last_row = conn.execute(_LAST_SQL, (target,)).fetchone()
             grant_row = conn.execute(_GRANT_SQL, (target,)).fetchone()
@@ -144,8 +156,16 @@ class PowerLedger(Database):
         return ledger_row(row) if row else None
 
     def ledger_unfinished(self) -> list[dict[str, Any]]:
-        """Rows whose verb may have been sent but whose outcome was never recorded."""
-        rows = self._conn().execute("SELECT * FROM ledger WHERE result IS NULL ORDER BY id")
+        """Rows whose verb may have been sent but whose outcome was never recorded.
+
+        Only rows outside an active incident: an active incident's rows may be in flight
+        in another process sharing the store; whoever claims the incident settles them
+        (``claim_incident``).
+        """
+        rows = self._conn().execute(
+            "SELECT l.* FROM ledger AS l LEFT JOIN incidents AS i ON i.id = l.incident_id "
+            "WHERE l.result IS NULL AND (i.id IS NULL OR i.closed_at IS NOT NULL) ORDER BY l.id"
+        )
         return [ledger_row(r) for r in rows]
 
     def ledger_rows(self, target: str | None = None, limit: int = 100) -> list[dict[str, Any]]:

@@ -138,4 +138,11 @@ MIGRATIONS: list[str] = [
     DROP INDEX one_active_incident_per_target;
     CREATE UNIQUE INDEX one_active_incident_per_target ON incidents (target) WHERE closed_at IS NULL;
     """,
+    # 4: who works an active incident. The process that opened or claimed it holds a
+    # lease it renews; another process sharing the store claims it only once the lease
+    # has lapsed (its owner died). Older active incidents have no owner: claimable at once.
+    """
+    ALTER TABLE incidents ADD COLUMN owner TEXT;
+    ALTER TABLE incidents ADD COLUMN lease_until REAL;
+    """,
 ]
