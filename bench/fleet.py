@@ -35,7 +35,6 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -45,7 +44,7 @@ from typing import Any
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from simchild import proc_cpu, simulators, start_serve
+from simchild import proc_cpu, simulators, source_tree, start_serve
 
 REPO = Path(__file__).resolve().parent.parent
 PAGE_EVERY_SECONDS = 5.0  # a person reloading the page
@@ -81,21 +80,6 @@ def _metric(text: str, name: str, labels: dict[str, str] | None = None) -> float
                 total += sample.value
                 found = True
     return total if found else None
-
-
-def _source(ref: str, tmp: Path) -> Path:
-    """The package tree of git revision ``ref``, extracted under ``tmp``."""
-    dest = tmp / f"src-{ref}"
-    if not dest.exists():
-        dest.mkdir()
-        archive = subprocess.run(
-            ["git", "-C", str(REPO), "archive", ref, "breakglass"], check=True, capture_output=True
-        ).stdout
-        tar = dest / "src.tar"
-        tar.write_bytes(archive)
-        with tarfile.open(tar) as tf:
-            tf.extractall(dest, filter="data")
-    return dest
 
 
 class Sampler(threading.Thread):
@@ -141,7 +125,7 @@ def run_case(
     (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if code != "HEAD":
-        env["PYTHONPATH"] = str(_source(code, tmp))
+        env["PYTHONPATH"] = str(source_tree(code, tmp))
     proc = start_serve(folder / "config.yaml", folder / "serve.log", env)
     base = f"http://127.0.0.1:{port}"
     out: dict[str, Any] = {"code": code, "n": n, "interval": args.interval}

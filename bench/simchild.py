@@ -1,7 +1,8 @@
-"""Simulated VMs in a child process for the benchmarks, and a process's CPU from /proc.
+"""Simulated VMs in a child process for the benchmarks, a process's CPU from /proc, older serves.
 
 with simulators(100, folder) as (pid, targets):   # targets: config ``targets[]`` items
     ...
+start_serve(config, log, env={**os.environ, "PYTHONPATH": str(source_tree("d46d58c", tmp))})
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+REPO = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
 # Healthy VMs change only when told: they look at their own state once a second, not 20 times.
 RECONCILE_SECONDS = 1.0
@@ -49,6 +52,21 @@ def simulators(count: int, folder: Path) -> Iterator[tuple[int, list[dict[str, A
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
+
+
+def source_tree(ref: str, tmp: Path) -> Path:
+    """The package tree of git revision ``ref``, extracted under ``tmp``: put it on PYTHONPATH."""
+    dest = tmp / f"src-{ref}"
+    if not dest.exists():
+        dest.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", ref, "breakglass"], check=True, capture_output=True
+        ).stdout
+        tar = dest / "src.tar"
+        tar.write_bytes(archive)
+        with tarfile.open(tar) as tf:
+            tf.extractall(dest, filter="data")
+    return dest
 
 
 def start_serve(config: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -6,11 +6,17 @@ in dry run with the simulator's config, so the incident stays open.
 same firing alert (a version 4 notification) ``--requests`` times in all: the
 first attaches to (or opens) the incident, every later one is a duplicate, as
 from an HA pair of Alertmanagers retrying. The
-table gives requests per second, latency percentiles and how many incidents
-exist afterwards (one is right). A baseline of ``GET /healthz`` (no store, no
+table gives requests per second, latency percentiles, the serve process's
+CPU time per request (utime + stime from /proc: what the rate would be on an
+idle core, whatever else the machine runs) and how many incidents exist
+afterwards (one is right). A baseline of ``GET /healthz`` (no store, no
 core) through the same server and clients is measured in the same run.
 
-    .venv/bin/python bench/webhook.py [--requests 5000] [--clients 16]
+``--baseline REV`` measures the serve of an older git revision (via ``git
+archive``) the same way in the same run; ``--rounds N`` repeats both,
+alternating which goes first.
+
+    .venv/bin/python bench/webhook.py [--requests 5000] [--clients 16] [--baseline 9e34c75] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import socket
 import statistics
 import sys
@@ -29,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from simchild import start_serve
+from simchild import proc_cpu, source_tree, start_serve
 
 ALERT = {
     "status": "firing",
@@ -95,68 +102,111 @@ def hammer(
     return time.perf_counter() - started, latencies, bad
 
 
-def _row(label: str, wall: float, lat: list[float], bad: int) -> str:
+def measured(
+    pid: int,
+    port: int,
+    method: str,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    total: int,
+    clients: int,
+) -> tuple[float, list[float], int, float]:
+    """``hammer`` plus the serve process's CPU seconds over it."""
+    cpu = proc_cpu(pid)
+    wall, lat, bad = hammer(port, method, path, body, headers, total, clients)
+    return wall, lat, bad, proc_cpu(pid) - cpu
+
+
+def _row(label: str, wall: float, lat: list[float], bad: int, cpu: float) -> str:
     lat = sorted(lat)
     p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
     return (
         f"{label:28} {len(lat) / wall:>9.0f} {statistics.median(lat) * 1000:>8.1f} "
-        f"{p99 * 1000:>8.1f} {lat[-1] * 1000:>8.1f} {bad:>6}"
+        f"{p99 * 1000:>8.1f} {lat[-1] * 1000:>8.1f} {bad:>7} {cpu / len(lat) * 1e6:>11.0f}"
     )
 
 
+def run(
+    code: str, tmp: Path, sim_config: Path, requests: int, clients: int
+) -> tuple[tuple[float, list[float], int, float], tuple[float, list[float], int, float], int]:
+    """One serve of ``code`` (HEAD or a git revision): healthz, then the webhook; and the incidents."""
+    folder = tmp / f"serve-{code}"
+    folder.mkdir(exist_ok=True)
+    doc = yaml.safe_load(sim_config.read_text())
+    port = _free_port()
+    doc["web"] = {**doc.get("web", {}), "port": port, "threads": max(16, clients)}
+    doc["budget"] = {**doc.get("budget", {}), "dry_run": True}
+    doc["log"] = {"format": "json", "level": "warning"}
+    doc["store_path"] = str(folder / "breakglass.db")
+    cfg = folder / "serve.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    token = Path(doc["web"]["webhook_token_file"]).read_text().strip()
+    env = dict(os.environ)
+    if code != "HEAD":
+        env["PYTHONPATH"] = str(source_tree(code, tmp))
+    proc = start_serve(cfg, folder / "serve.log", env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    print((folder / "serve.log").read_text()[-2000:], file=sys.stderr)
+                    raise SystemExit(1) from None
+                time.sleep(0.2)
+        body = json.dumps(NOTIFICATION).encode()
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+        hammer(port, "POST", "/api/v1/alertmanager", body, headers, clients, clients)  # warm-up
+        base = measured(proc.pid, port, "GET", "/healthz", b"", {}, requests, clients)
+        hook = measured(proc.pid, port, "POST", "/api/v1/alertmanager", body, headers, requests, clients)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/incidents", timeout=10) as resp:
+            incidents: list[dict[str, Any]] = json.loads(resp.read())["incidents"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return base, hook, len(incidents)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Start a simulator and serve, measure both request kinds, print the table."""
+    """Start a simulator and serve (and the baseline's), measure both request kinds, print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=5000)
     ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--baseline", help="also measure the serve of this git revision (e.g. 9e34c75)")
+    ap.add_argument("--rounds", type=int, default=1, help="measure each serve this many times, alternating")
     args = ap.parse_args(argv)
     from breakglass.sim.runner import SimThread
 
+    codes = ["HEAD", *([args.baseline] if args.baseline else [])]
+    rows: list[tuple[str, str, tuple[float, list[float], int, float]]] = []
+    incidents: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="bg-webhook-") as name, SimThread() as thread:
         tmp = Path(name)
         sim = thread.serve(tmp / "sim", "test")
-        doc = yaml.safe_load(sim.config_path.read_text())
-        port = _free_port()
-        doc["web"] = {**doc.get("web", {}), "port": port, "threads": max(16, args.clients)}
-        doc["budget"] = {**doc.get("budget", {}), "dry_run": True}
-        doc["log"] = {"format": "json", "level": "warning"}
-        doc["store_path"] = str(tmp / "breakglass.db")
-        cfg = tmp / "serve.yaml"
-        cfg.write_text(yaml.safe_dump(doc))
-        token = Path(doc["web"]["webhook_token_file"]).read_text().strip()
-        proc = start_serve(cfg, tmp / "serve.log")
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).read()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        print((tmp / "serve.log").read_text()[-2000:], file=sys.stderr)
-                        return 1
-                    time.sleep(0.2)
-            # The VM is down, as when Alertmanager fires: the incident stays open (dry run sends
-            # nothing), so every later copy of the alert is a duplicate of it.
-            sim.inject("vm_stopped")
-            body = json.dumps(NOTIFICATION).encode()
-            headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
-            hammer(port, "POST", "/api/v1/alertmanager", body, headers, args.clients, args.clients)  # warm-up
-            base = hammer(port, "GET", "/healthz", b"", {}, args.requests, args.clients)
-            hook = hammer(port, "POST", "/api/v1/alertmanager", body, headers, args.requests, args.clients)
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/incidents", timeout=10) as resp:
-                incidents: list[dict[str, Any]] = json.loads(resp.read())["incidents"]
-        finally:
-            proc.terminate()
-            proc.wait(30)
+        # The VM is down, as when Alertmanager fires: the incident stays open (dry run sends
+        # nothing), so every later copy of the alert is a duplicate of it.
+        sim.inject("vm_stopped")
+        for n in range(args.rounds):
+            # Alternate which serve goes first, so neither always meets the same load.
+            for code in codes if n % 2 == 0 else codes[::-1]:
+                base, hook, incidents[code] = run(code, tmp, sim.config_path, args.requests, args.clients)
+                rows.append((code, "GET /healthz (baseline)", base))
+                rows.append((code, "POST webhook, same alert", hook))
     print(
         f"{args.requests} requests over {args.clients} keep-alive clients; serve in a child process; "
         "2-core machine shared with other work"
     )
-    print(f"{'request':28} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'non-2xx':>6}")
-    print(_row("GET /healthz (baseline)", *base))
-    print(_row("POST webhook, same alert", *hook))
-    print(f"incidents afterwards: {len(incidents)} (one is right)")
+    print(
+        f"{'code':8} {'request':28} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'non-2xx':>7} "
+        f"{'serve CPU us/req':>11}"
+    )
+    for code, label, row in rows:
+        print(f"{code:8} " + _row(label, *row))
+    for code, count in incidents.items():
+        print(f"{code}: incidents afterwards: {count} (one is right)")
     return 0
 
 

@@ -353,3 +353,25 @@ def read_secret(path: Path | None) -> str | None:
     if path is None:
         return None
     return path.read_text(encoding="utf-8").strip() or None
+
+
+# path -> (inode, size, mtime in ns) of the file last read, and what it held.
+_CURRENT_SECRETS: dict[Path, tuple[tuple[int, int, int], str | None]] = {}
+
+
+def current_secret(path: Path | None) -> str | None:
+    """``read_secret`` for a file read on every request: a ``stat``, and a read only when it changed.
+
+    A secret replaced in place, by a rename or by a Kubernetes secret update (a new
+    inode behind the symlink) is used from the next call on, as with reading every time.
+    """
+    if path is None:
+        return None
+    st = path.stat()
+    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    known = _CURRENT_SECRETS.get(path)
+    if known is not None and known[0] == key:
+        return known[1]
+    value = read_secret(path)
+    _CURRENT_SECRETS[path] = (key, value)
+    return value

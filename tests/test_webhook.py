@@ -6,17 +6,22 @@ import http.client
 import io
 import json
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
 from api_support import WEBHOOK_TOKEN, TriggerCore, counts
 from flask import Flask
+from flask.sessions import SecureCookieSessionInterface
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import Servers
 
+from breakglass.config import Config
 from breakglass.store import Store
+from breakglass.web import body
+from breakglass.web.context import ApiError
 
 AUTH = {"Authorization": f"Bearer {WEBHOOK_TOKEN}"}
 FIRING_ENDS = "0001-01-01T00:00:00Z"
@@ -323,3 +328,76 @@ def test_a_huge_receiver_is_not_logged_whole(client: FlaskClient, captured: io.S
     assert len(text) < 20_000
     [entry] = [json.loads(line) for line in text.splitlines() if '"webhook_received"' in line]
     assert entry["receiver"].endswith("...[truncated 898000 chars]")
+
+
+# -- the cost of a copy: Alertmanager HA pairs and retries send many --------------------------
+
+
+def test_a_copy_is_one_statement_with_no_file_read_no_string_pass_and_no_cookie_signer(
+    client: FlaskClient, store: Store, cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each was a measurable share of answering a copy: two statements (each hands the
+    # interpreter lock to another thread and back), the token file opened and read, every
+    # string of the body visited for lone surrogates, a session cookie signer built.
+    assert post(client, payload(alert())).json["opened"]
+    token_file = cfg.web.webhook_token_file
+    reads: list[Path] = []
+    real_read_text = Path.read_text
+
+    def read_text(path: Path, *args: Any, **kwargs: Any) -> str:
+        reads.append(path)
+        return real_read_text(path, *args, **kwargs)
+
+    cleaned: list[str] = []
+    real_clean_text = body.clean_text
+    signers: list[object] = []
+    real_signer = SecureCookieSessionInterface.get_signing_serializer
+
+    def signer(self: SecureCookieSessionInterface, app: Flask) -> Any:
+        signers.append(app)
+        return real_signer(self, app)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    monkeypatch.setattr(body, "clean_text", lambda text: cleaned.append(text) or real_clean_text(text))
+    monkeypatch.setattr(SecureCookieSessionInterface, "get_signing_serializer", signer)
+    statements: list[str] = []
+    store._conn().set_trace_callback(statements.append)
+    try:
+        again = post(client, payload(alert()))
+    finally:
+        store._conn().set_trace_callback(None)
+    assert again.json["duplicates"] == 1
+    assert len(statements) == 1, statements
+    assert token_file not in reads
+    assert cleaned == []
+    assert signers == []
+
+
+def test_a_new_webhook_token_counts_from_the_next_request(client: FlaskClient, cfg: Config) -> None:
+    assert post(client, payload(alert())).status_code == 200
+    token_file = cfg.web.webhook_token_file
+    assert token_file is not None
+    token_file.write_text("a-longer-rotated-webhook-token-0123456789\n", encoding="utf-8")
+    assert post(client, payload(alert())).status_code == 401
+    rotated = {"Authorization": "Bearer a-longer-rotated-webhook-token-0123456789"}
+    assert post(client, payload(alert()), headers=rotated).json["duplicates"] == 1
+    # Replaced by a rename, as a secret update does: a new file, picked up as well.
+    fresh = token_file.with_name("new-token")
+    fresh.write_text(WEBHOOK_TOKEN + "\n", encoding="utf-8")
+    fresh.replace(token_file)
+    assert post(client, payload(alert()), headers=rotated).status_code == 401
+    assert post(client, payload(alert())).status_code == 200
+
+
+@pytest.mark.parametrize("surrogate", [False, True])
+def test_the_nesting_limit_is_the_same_whether_strings_need_cleaning_or_not(surrogate: bool) -> None:
+    text = '"\\ud800"' if surrogate else '"x"'
+    for depth, ok in ((31, True), (32, True), (33, False)):
+        doc = ('{"a": ' * (depth - 1)) + "[" + text + "]" + ("}" * (depth - 1))
+        if ok:
+            assert body.load_json(doc.encode()) is not None
+        else:
+            with pytest.raises(ApiError, match="nested deeper than 32 levels"):
+                body.load_json(doc.encode())
+    cleaned = body.load_json(b'{"k\\udc00": ["\\ud83d\\ude00", "\\ud800"]}')
+    assert cleaned == {"k\ufffd": ["\U0001f600", "\ufffd"]}

@@ -14,6 +14,16 @@ from breakglass.store.schema import ACTIVE_WHERE, ALLOWED, CLOSED_STATES, STATES
 _ACTIVE_ROW_SQL = f"SELECT * FROM incidents WHERE target = ? AND {ACTIVE_WHERE}"  # noqa: S608
 
 
+# The active incident of a target and the status of the latest delivery of one alert to it, in
+# one statement: the webhook asks this for every copy of an alert, from many threads at once,
+# and each statement a thread runs hands the interpreter lock to another and back.
+_DUPLICATE_SQL = (
+    "SELECT i.id, (SELECT d.status FROM alert_deliveries d WHERE d.incident_id = i.id"  # noqa: S608
+    " AND d.fingerprint = ? ORDER BY d.id DESC LIMIT 1)"
+    f" FROM incidents i WHERE i.target = ? AND {ACTIVE_WHERE}"
+)
+
+
 def _active_id(conn: sqlite3.Connection, target: str) -> int | None:
     row = conn.execute(_ACTIVE_ROW_SQL, (target,)).fetchone()
     return int(row["id"]) if row else None
@@ -106,11 +116,8 @@ class IncidentRecords(Database):
 
     def alert_duplicate(self, target: str, fingerprint: str, status: str) -> int | None:
         """The active incident this exact delivery is a copy for, if any (read-only: no write lock)."""
-        conn = self._conn()
-        active = _active_id(conn, target)
-        if active is not None and _last_delivery(conn, active, fingerprint) == status:
-            return active
-        return None
+        row = self._conn().execute(_DUPLICATE_SQL, (fingerprint, target)).fetchone()
+        return int(row[0]) if row is not None and row[1] == status else None
 
     def _open(
         self,

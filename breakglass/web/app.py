@@ -10,6 +10,7 @@ thread-safe :class:`CoreHandle`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -51,6 +52,23 @@ SECURITY_HEADERS = {
 }
 
 
+class _App(Flask):
+    """Flask, asking once per view or hook whether it is ``async def`` (Flask asks on every call)."""
+
+    def __init__(self, import_name: str) -> None:
+        super().__init__(import_name)
+        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        try:
+            return self._sync[func]
+        except KeyError:
+            sync = self._sync[func] = super().ensure_sync(func)
+            return sync
+        except TypeError:  # an unhashable callable: asked every time, as Flask does
+            return super().ensure_sync(func)
+
+
 def create_app(
     cfg: Config,
     *,
@@ -60,7 +78,7 @@ def create_app(
     testing: bool = False,
 ) -> Flask:
     """Build the WSGI app serving health, metrics and the JSON API from the given parts."""
-    app = Flask(__name__)
+    app = _App(__name__)
     app.config.update(TESTING=testing, MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
     # Keep the field order of each serialiser (id first) instead of sorting keys.
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -111,8 +129,11 @@ def _unexpected_error(exc: Exception) -> Any:
 
 
 def _security_headers(response: Response) -> Response:
+    # One pass over the headers (setdefault scanned them once per header).
+    present = {name.lower() for name in response.headers.keys()}  # noqa: SIM118 (Headers, not dict)
     for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
+        if name.lower() not in present:
+            response.headers.add(name, value)
     # Pages, API answers and metrics are live state: never cached. Static assets may be.
     if not request.path.startswith("/static/"):
         response.headers["Cache-Control"] = "no-store"

@@ -19,6 +19,8 @@ from breakglass.web.context import ApiError
 # Alertmanager's payload nests 4 deep (body > alerts > alert > labels); 32 leaves room.
 MAX_DEPTH = 32
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# A \\uXXXX escape that may encode a surrogate (a false match only costs the slow path).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -62,15 +64,33 @@ def _clean(value: Any) -> Any:
     return root[0]
 
 
+def _check_depth(value: Any) -> None:
+    """Raise 400 past MAX_DEPTH, visiting containers only (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth >= MAX_DEPTH:
+            raise _bad(f"nested deeper than {MAX_DEPTH} levels")
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, list | dict))
+
+
 def load_json(raw: bytes) -> Any:
     """Parse a request body; ApiError 400 for anything that is not bounded, valid JSON."""
     try:
-        data = json.loads(raw)
+        # Decoded as json.loads decodes bytes, so the text shows whether any string can hold a
+        # surrogate: almost never, and then no string needs to be visited.
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+        data = json.loads(text)
     except RecursionError:
         raise _bad(f"nested deeper than {MAX_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise _bad(f"the body is not JSON: {exc}") from None
-    return _clean(data)
+    if _LONE_SURROGATE.search(text) or _SURROGATE_ESCAPE.search(text):
+        return _clean(data)
+    if isinstance(data, list | dict):
+        _check_depth(data)
+    return data
 
 
 def validate(model: type[M], data: Any) -> M:

@@ -182,7 +182,9 @@ class WebServer:
             ev = conn.next_event()
             if ev is not h11.NEED_DATA:
                 return ev
-            data = await asyncio.wait_for(reader.read(65536), within)
+            # A timer, not wait_for: wait_for wraps each read in a task of its own.
+            async with asyncio.timeout(within):
+                data = await reader.read(65536)
             conn.receive_data(data)
 
     async def _body(
@@ -217,8 +219,7 @@ class WebServer:
         """Run the app for one request and send its answer; True to keep the connection."""
         deferred = _Deferred()
         environ = self._environ(request, body, peer, deferred)
-        assert self._loop is not None
-        answer = await self._loop.run_in_executor(self._pool, _call_app, self.app, environ)
+        answer = await self._run_app(environ)
         answer.feed = deferred.feed
         head_only = request.method == b"HEAD"
         if answer.feed is not None and not head_only:
@@ -228,13 +229,30 @@ class WebServer:
             (k, v) for k, v in answer.headers if k.lower() not in ("content-length", "transfer-encoding")
         ]
         headers.append(("Content-Length", str(len(answer.body))))
-        await self._write(
-            writer, conn.send(h11.Response(status_code=answer.status, headers=headers, reason=answer.reason))
-        )
-        if answer.body and not head_only:
-            await self._write(writer, conn.send(h11.Data(data=answer.body)))
-        await self._write(writer, conn.send(h11.EndOfMessage()))
+        head = conn.send(h11.Response(status_code=answer.status, headers=headers, reason=answer.reason))
+        body = conn.send(h11.Data(data=answer.body)) if answer.body and not head_only else b""
+        end = conn.send(h11.EndOfMessage())
+        # One write: a response in one segment, one send() (a loopback send costs about as much
+        # CPU as h11's whole work on the request).
+        await self._write(writer, b"".join((head or b"", body or b"", end or b"")))
         return True
+
+    async def _run_app(self, environ: dict[str, Any]) -> _Answer:
+        """The app's answer, computed in the pool (run_in_executor, without its chained future)."""
+        loop = self._loop
+        assert loop is not None
+        done: asyncio.Future[_Answer] = loop.create_future()
+
+        def work() -> None:
+            try:
+                answer, error = _call_app(self.app, environ), None
+            except BaseException as exc:  # handed to the awaiting task, as run_in_executor does
+                answer, error = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                loop.call_soon_threadsafe(_settle, done, answer, error)
+
+        self._pool.submit(work)
+        return await done
 
     async def _stream(
         self,
@@ -335,6 +353,16 @@ class WebServer:
             environ[key] = f"{environ[key]},{value}" if key in environ else value
         environ.setdefault("CONTENT_LENGTH", str(len(body)) if body else "")
         return environ
+
+
+def _settle(done: asyncio.Future[_Answer], answer: _Answer | None, error: BaseException | None) -> None:
+    if done.done():  # the client's task was cancelled while the app ran
+        return
+    if error is not None:
+        done.set_exception(error)
+    else:
+        assert answer is not None
+        done.set_result(answer)
 
 
 def _call_app(app: Flask, environ: dict[str, Any]) -> _Answer:

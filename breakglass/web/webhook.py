@@ -22,7 +22,7 @@ import structlog
 from flask import Blueprint, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from breakglass.config import Config, read_secret
+from breakglass.config import Config, current_secret
 from breakglass.core import CoreUnavailable
 from breakglass.web.auth import bearer_token, tokens_equal
 from breakglass.web.body import WholeNumber, load_json, validate
@@ -105,7 +105,7 @@ def _evidence(alert: Alert) -> dict[str, Any]:
 
 
 def _check_token() -> None:
-    expected = read_secret(web_context().cfg.web.webhook_token_file)
+    expected = current_secret(web_context().cfg.web.webhook_token_file)
     if not expected:
         raise ApiError(401, "unauthorized", "the webhook is disabled: set web.webhook_token_file")
     if not tokens_equal(bearer_token(), expected):
