@@ -165,3 +165,43 @@ def test_kill_9_of_the_holder_the_other_process_takes_the_incident_over_once_its
     assert len(db_rows(db, "SELECT id FROM incidents")) == 1
     assert [n for n in _notes(db) if "taken over" in n]
     assert "incident_taken_over" in _events(tmp_path / f"{other}.log")
+
+
+def test_a_holder_stalled_past_its_lease_is_taken_over_and_stops_when_it_wakes(
+    slow_stop_sim: SimHandle, tmp_path: Path
+) -> None:
+    sim, db = slow_stop_sim, slow_stop_sim.config.store_path
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name in ("a", "b"):
+            config, base = _config(sim, tmp_path / f"{name}.yaml")
+            procs[name] = serve(config, tmp_path / f"{name}.log")
+            wait_serving(base)
+        sim.inject("io_stall")
+        wait_for(lambda: sim.state()["verb_counts"].get("cycle") == 1, within=30, what="the cycle sent")
+        [holder] = [n for n in procs if "power_verb_sending" in _events(tmp_path / f"{n}.log")]
+        [other] = [n for n in procs if n != holder]
+        procs[holder].send_signal(signal.SIGSTOP)  # stalled mid-send, past its lease
+        try:
+            wait_for(
+                lambda: db_rows(db, "SELECT verb, result FROM ledger") == [("cycle", "unknown")],
+                within=15,
+                what="the other process to take the incident over",
+            )
+        finally:
+            procs[holder].send_signal(signal.SIGCONT)
+        # Awake again, it learns at its next renewal that it lost the incident and stops.
+        wait_for(
+            lambda: "incident_lost" in _events(tmp_path / f"{holder}.log"),
+            within=10,
+            what="the woken holder to notice",
+        )
+        assert _wait_closed(db) == ["resolved"]
+    finally:
+        codes = [stop(p) for p in procs.values()]
+    assert codes == [0, 0]
+    assert [e["verb"] for e in sim.state()["power_log"]] == ["cycle"]
+    assert db_rows(db, "SELECT verb, result FROM ledger") == [("cycle", "unknown")]
+    assert len(db_rows(db, "SELECT id FROM incidents")) == 1
+    assert [n for n in _notes(db) if "took this incident over" in n]
+    assert "incident_taken_over" in _events(tmp_path / f"{other}.log")
