@@ -205,3 +205,37 @@ def test_a_holder_stalled_past_its_lease_is_taken_over_and_stops_when_it_wakes(
     assert len(db_rows(db, "SELECT id FROM incidents")) == 1
     assert [n for n in _notes(db) if "took this incident over" in n]
     assert "incident_taken_over" in _events(tmp_path / f"{other}.log")
+
+
+def test_an_instruction_given_where_the_incident_is_not_held_is_refused_or_takes_an_escalation(
+    slow_stop_sim: SimHandle, servers: Servers, tmp_path: Path
+) -> None:
+    """Two cores on one store (each as a serve would run it): an instruction reaches a remediator."""
+    sim = slow_stop_sim
+    cores = [servers.core(sim.config, tmp_path / "shared.db") for _ in range(2)]
+    for r in cores:
+        wait_for(lambda r=r: r.core.feed.latest(r.target), within=10, what="a first round")
+    sim.inject("io_stall")
+    wait_for(lambda: sim.state()["verb_counts"].get("cycle") == 1, within=30, what="the cycle sent")
+    inc = cores[0].store.active_incident(cores[0].target)
+    [holder] = [r for r in cores if r.core.manager.owner == inc["owner"]]
+    [other] = [r for r in cores if r is not holder]
+    # Being worked by the other core: its remediator could never get the instruction from here.
+    with pytest.raises(ValueError, match="being worked by another watchdog process"):
+        other.handle.instruct(inc["id"], "viktor", "check the NFS mount first")
+    assert holder.handle.instruct(inc["id"], "viktor", "check the NFS mount first") > 0
+    assert cores[0].wait_closed(inc["id"])["state"] == "resolved"
+
+    # Escalated (the budget is spent and the VM stays sick): nobody works it, so a person's
+    # instruction through either core takes it there, and that core tends it from then on.
+    for r in cores:
+        r.core.governor.budget = r.core.governor.budget.model_copy(update={"max_actions": 0})
+    sim.inject("sshd_dead")
+    escalated = wait_for(
+        lambda: (i := cores[0].store.active_incident(cores[0].target)) and i["state"] == "escalated" and i,
+        within=30,
+        what="an escalated incident",
+    )
+    [other] = [r for r in cores if r.core.manager.owner != escalated["owner"]]
+    assert other.handle.instruct(escalated["id"], "viktor", "leave it, I am on it") > 0
+    assert other.store.active_incident(other.target)["owner"] == other.core.manager.owner

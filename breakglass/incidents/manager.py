@@ -173,13 +173,20 @@ class IncidentManager:
 
         The instruction is recorded as an ``operator_instruction`` step and handed to
         the remediator before its next turn (the agent sees it as the operator's).
-        KeyError for an unknown incident, ValueError for a closed one.
+        KeyError for an unknown incident, ValueError for a closed one, or for one that
+        another live process is working (its remediator could never get it from here).
+        An escalated incident nobody is working is taken, like any person's action.
         """
         inc = self.store.get_incident(incident_id)
         if inc is None:
             raise KeyError(f"no incident #{incident_id}")
         if inc["closed_at"] is not None:
             raise ValueError(f"incident #{incident_id} is {inc['state']}, no longer active")
+        if not self.holds(inc) and not self._take_for_person(inc):
+            raise ValueError(
+                f"incident #{incident_id} is being worked by another watchdog process "
+                f"({inc['owner']}); give the instruction through that process"
+            )
         step = self.store.add_step(incident_id, "operator_instruction", {"who": who, "text": text})
         self._instructions.setdefault(incident_id, []).append((who, text))
         log.info("operator_instruction", incident=incident_id, who=who)
@@ -235,6 +242,22 @@ class IncidentManager:
     def holds(self, inc: Mapping[str, Any]) -> bool:
         """True when this process holds ``inc`` (as last read from the store)."""
         return inc.get("owner") == self.owner
+
+    def _take_for_person(self, inc: Mapping[str, Any]) -> bool:
+        """A person acts here on an incident this process does not hold: may it go on here?
+
+        Escalated (nobody is working it): taken. Held by nobody, or by a process whose lease
+        lapsed: yes, it resumes here or wherever claims it. Being worked by a live process: no.
+        """
+        if inc["state"] == "escalated":
+            taken = self.store.claim_incident(
+                int(inc["id"]), self.owner, self._lease, take_from_state="escalated"
+            )
+            if taken is not None:
+                self.governor.settled(taken)
+                return True
+        lease_until = inc.get("lease_until")
+        return inc.get("owner") is None or lease_until is None or lease_until < self._clock()
 
     # -- after a restart -------------------------------------------------
 
