@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import override, power_verbs
+from harness import override, power_verbs, start_core, wait_for
 
 from breakglass.agent import diagnose
 from breakglass.agent.runbook import RunbookRemediator
@@ -63,6 +63,7 @@ def remediate(
     conditions: tuple[str, ...] = (),
     devvm: SshEndpoint | None = None,
     instructions: list[tuple[str, str]] | None = None,
+    previous_verbs: tuple[tuple[str, str], ...] = (),
 ) -> Ran:
     """Build the context the incident manager would and run the runbook once."""
     cfg = cfg or sim.config
@@ -97,6 +98,7 @@ def remediate(
         latest=None,
         conditions=conditions,
         instructions=lambda: instructions or [],
+        previous_verbs=previous_verbs,
     )
     started = time.monotonic()
     result = asyncio.run(RunbookRemediator().remediate(ctx))
@@ -127,11 +129,16 @@ def test_a_fault_with_ssh_down_gets_its_least_force_power_verb_and_the_vm_comes_
     ran = remediate(sim, real_store)
     assert ran.result.outcome == "acted", ran.result
     assert power_verbs(ran.state) == verbs
-    assert ran.state["faults"] == []
-    assert ran.state["vm"] == "running"
-    assert ran.result.did[-1] == "VM running and SSH answers"
+    # It returns once the verb is sent: verifying is the manager's (green probe rounds).
+    assert ran.result.did[-1] == f"sent {verbs[0]}"
+    assert ran.result.follow_up
     assert f"power {verbs[0]}" in ran.decisions()
     assert ran.result.report is None
+    wait_for(
+        lambda: (st := sim.state())["faults"] == [] and st["vm"] == "running",
+        within=15,
+        what="the VM back",
+    )
 
 
 def test_an_io_stall_is_cycled_once_and_never_reset(sim: SimHandle, real_store: Store) -> None:
@@ -267,9 +274,25 @@ def test_dry_run_reports_the_verb_it_would_send_and_sends_nothing(sim: SimHandle
     assert power_verbs(ran.state) == []
 
 
-def test_a_guest_still_hung_after_the_reset_is_cycled(sim: SimHandle, real_store: Store) -> None:
-    cfg = override(sim.config, incidents={"verify_timeout_seconds": 3.0})
-    sim.inject("guest_hang")
+def test_asked_again_after_a_reset_that_did_not_help_it_cycles_and_never_resends(
+    sim: SimHandle, real_store: Store
+) -> None:
+    sim.inject("guest_hang")  # the reset did not help: the guest is still hung
+    ran = remediate(sim, real_store, previous_verbs=(("reset", "ok"),))
+    assert power_verbs(ran.state) == ["cycle"]
+    assert "the guest did not come back after the reset" in ran.result.found
+    assert ran.result.follow_up
+    wait_for(lambda: sim.state()["vm"] == "running", within=15, what="the VM back from the cycle")
+    sim.inject("guest_hang")  # and hung again
+    again = remediate(sim, real_store, previous_verbs=(("reset", "ok"), ("cycle", "ok")))
+    assert again.result.outcome == "escalate"
+    assert again.result.escalation == "gave_up"
+    assert power_verbs(again.state) == ["cycle"]  # nothing more was sent
+
+
+def test_a_guest_still_hung_after_the_reset_is_cycled(sim: SimHandle, tmp_path: Path) -> None:
+    """Through the manager: reset, not verified, diagnosed again, cycle, verified."""
+    cfg = override(sim.config, incidents={"verify_timeout_seconds": 4.0})
     stop = threading.Event()
 
     def hang_again_after_the_reset() -> None:
@@ -281,15 +304,26 @@ def test_a_guest_still_hung_after_the_reset_is_cycled(sim: SimHandle, real_store
             time.sleep(0.02)
 
     watcher = threading.Thread(target=hang_again_after_the_reset, daemon=True)
-    watcher.start()
+    r = start_core(cfg, tmp_path / "c.db")
     try:
-        ran = remediate(sim, real_store, cfg)
+        wait_for(lambda: r.core.feed.latest(r.target), within=10, what="a first round")
+        watcher.start()
+        sim.inject("guest_hang")
+        inc = r.wait_closed(r.wait_opened()["id"], within=60)
     finally:
         stop.set()
-        watcher.join(5)
-    assert power_verbs(ran.state) == ["reset", "cycle"]
-    assert ran.result.outcome == "acted", ran.result
-    assert ran.state["faults"] == []
+        if watcher.is_alive():
+            watcher.join(5)
+        r.stop()
+    assert inc["state"] == "resolved", inc["report"]
+    assert power_verbs(sim.state()) == ["reset", "cycle"]
+    assert sim.state()["faults"] == []
+    assert "diagnose again for the next action" in [
+        s["data"].get("decision") for s in inc["steps"] if s["kind"] == "decision"
+    ]
+    moves = [(t["from_state"], t["to_state"]) for t in inc["transitions"]]
+    assert ("verifying", "diagnosing") in moves
+    assert len(r.incidents()) == 1
 
 
 def test_a_vm_still_booting_is_left_to_boot_instead_of_reset(sim: SimHandle, real_store: Store) -> None:

@@ -21,13 +21,16 @@ running VM) and sends the least-force verb that
 ``start`` when stopped, ``cycle`` when QEMU is wedged (paused, QMP silent or
 not running, failed block I/O: a ``reset`` would reuse the stalled QEMU),
 ``reset`` for a hung guest or a dead sshd, nothing when the host cannot be
-reached or does not corroborate. A ``reset`` that does not bring SSH back
-within the verify window is followed by ``cycle``. The incident manager asks
-the same policy again before the Governor sends anything.
+reached or does not corroborate. The incident manager asks the same policy
+again before the Governor sends anything.
 
-After an ``ok`` verb it waits (bounded by ``incidents.verify_timeout_seconds``)
-for the host to say running and SSH to log in. Every command, observation and
-decision is recorded on the incident with the evidence behind it.
+It sends at most one verb per call and returns at once (``follow_up``): the
+manager's one verification path (green probe rounds) judges the fix. If the
+VM does not come back, the manager calls it again with the verbs already sent
+(``ctx.previous_verbs``): a ``reset`` that did not help a guest whose agent is
+dead is followed by ``cycle``; a verb already sent is never chosen again (it
+escalates instead). Every command, observation and decision is recorded on
+the incident with the evidence behind it.
 """
 
 from __future__ import annotations
@@ -336,28 +339,30 @@ class RunbookRemediator:
         if verb is None:
             self._decide(ctx, "no power action", because, **evidence)
             return work.result(outcome="escalate", escalation="policy", detail=because)
+        sent = [v for v, _ in ctx.previous_verbs]
+        if sent:
+            verb, because = self._after(ctx, work, verb, because, sent, st)
+            if verb is None:
+                self._decide(ctx, "no further power action", because, **evidence)
+                return work.result(outcome="escalate", escalation="gave_up", detail=because)
         ended = await self._power(ctx, work, verb, because, evidence, ev)
         if ended is not None:
             return ended
-        if await self._wait_back(ctx, verb):
-            work.did.append("VM running and SSH answers")
-            return work.result(outcome="acted")
-        window = f"{ctx.config.incidents.verify_timeout_seconds:g} s"
-        if verb is Verb.RESET and st.guest_agent_ok is False:
-            because = f"the guest did not answer SSH within {window} of the reset"
+        return work.result(outcome="acted", follow_up=True)
+
+    def _after(
+        self, ctx: RemediationContext, work: _Work, verb: Verb, because: str, sent: list[str], st: PveStatus
+    ) -> tuple[Verb | None, str]:
+        """The next verb once ``sent`` did not bring the VM back: cycle after a reset, else none."""
+        last = sent[-1]
+        hung = verb is Verb.RESET and last == Verb.RESET.value and st.guest_agent_ok is False
+        if hung and Verb.CYCLE.value not in sent:
+            because = f"the guest did not come back after the reset ({because})"
             work.found.append(because)
-            again = await policy.observe(ctx.shell, ctx.pve)
-            ctx.record("evidence", {"policy_evidence": again.as_dict()})
-            ended = await self._power(ctx, work, Verb.CYCLE, because, evidence, again)
-            if ended is not None:
-                return ended
-            if await self._wait_back(ctx, Verb.CYCLE):
-                work.did.append("VM running and SSH answers")
-                return work.result(outcome="acted")
-        work.did.append(f"no SSH within {window}")
-        return work.result(
-            outcome="escalate", escalation="gave_up", detail=f"the VM did not answer SSH within {window}"
-        )
+            return Verb.CYCLE, because
+        if verb.value in sent or (verb is Verb.RESET and Verb.CYCLE.value in sent):
+            return None, f"the VM did not come back after {', '.join(sent)}; {verb.value} was already tried"
+        return verb, because
 
     async def _host_evidence(
         self, ctx: RemediationContext, down: _SshDown, st: PveStatus
@@ -441,24 +446,4 @@ class RunbookRemediator:
                 continue
             ctx.record("evidence", {"boot": "SSH answers after the boot"})
             return True
-        return False
-
-    async def _wait_back(self, ctx: RemediationContext, verb: Verb) -> bool:
-        """Poll until the host says running and SSH logs in, within the verify window."""
-        cfg = ctx.config
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + cfg.incidents.verify_timeout_seconds
-        last = "no answer yet"
-        while loop.time() < deadline:
-            try:
-                st = await ctx.pve.status()
-                if st.vm_status == "running":
-                    await ctx.shell.login()
-                    ctx.record("evidence", {"back": f"after {verb.value}: VM running and SSH answers"})
-                    return True
-                last = f"VM {st.vm_status}"
-            except RemoteError as exc:
-                last = f"{exc.kind}: {exc}"
-            await asyncio.sleep(min(cfg.probe.interval_seconds, max(0.0, deadline - loop.time())))
-        ctx.record("evidence", {"back": f"after {verb.value}: not back within the verify window ({last})"})
         return False

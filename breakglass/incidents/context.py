@@ -6,7 +6,10 @@ through the context only: guest commands through ``shell``, host verbs through
 ``pve`` (read-only verbs) and ``power`` (the Governor; the only way to send a
 power verb), and every observation or decision through ``record``. It returns
 a :class:`RemediationResult`; verification (green probe rounds) and the final
-state belong to the manager.
+state belong to the manager: a remediator never waits for the VM to come back.
+One that sent a power verb may ask to be called again if the manager cannot
+verify the fix (``follow_up``); it then finds the verbs already sent in
+``previous_verbs`` (from the store) and returns its next action, or escalates.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class RemediationResult:
     detail: str = ""
     next_allowed_at: float | None = None
     report: str | None = None  # a full report text (the agent's final answer); built from found/did if None
+    # Sent a power verb: if the VM is not verified, diagnose again for the next action.
+    follow_up: bool = False
 
 
 class PowerFn(Protocol):
@@ -69,6 +74,9 @@ class RemediationContext:
     evidence: dict[str, Any] = field(default_factory=dict)
     # Operator instructions added since the last call, as (who, text); each is returned once.
     instructions: Callable[[], list[tuple[str, str]]] = field(default=lambda: [])
+    # On a follow-up (the VM was not verified after a verb): the power verbs this incident
+    # sent, as (verb, result: ok, failed or unknown), oldest first. Empty on a fresh pass.
+    previous_verbs: tuple[tuple[str, str], ...] = ()
 
 
 class Remediator(Protocol):

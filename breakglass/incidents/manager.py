@@ -1,7 +1,9 @@
 """Incident lifecycle: single-flight per target, remediation, verification, report.
 
-States: open -> diagnosing -> remediating -> verifying -> resolved | failed,
-and escalated, which stays open while the target is sick (tended each probe
+States: open -> diagnosing -> remediating -> verifying -> resolved | failed
+(verifying -> diagnosing when a power verb did not bring the VM back and the
+remediator asked to follow up: it is called again for its next action), and
+escalated, which stays open while the target is sick (tended each probe
 round: verified and resolved when healthy, worked again when the budget or a
 person allows). Every transition is claimed in the Store with a conditional
 ``UPDATE ... WHERE state = ?`` and stored with its time and reason; the Store
@@ -49,6 +51,8 @@ MANUAL_TRIGGERS = frozenset({"manual", "cli"})
 # Evidence key naming who explicitly authorized a power verb on a reachable guest (manual triggers only).
 POWER_AUTHORIZED_BY = "power_authorized_by"
 TRIGGERS = frozenset({"rule", "manual", "alertmanager", "cli"})
+# A remediator is asked for a next power verb after an unverified one only while fewer were sent.
+MAX_POWER_PASSES = 3
 
 
 @dataclass(frozen=True)
@@ -356,7 +360,13 @@ class IncidentManager:
             self._instructions.pop(incident_id, None)
             self._lost.discard(incident_id)
 
-    async def _work_unguarded(self, incident_id: int) -> None:
+    async def _work_unguarded(self, incident_id: int, previous: tuple[tuple[str, str], ...] = ()) -> None:
+        """One pass: diagnose and act, then the one verification path.
+
+        ``previous`` are the verbs this incident sent that did not bring the VM back, for
+        a follow-up pass; a fresh pass (opened, resumed, a person acted) gets none, so a
+        grant may send the same verb again.
+        """
         inc = self.store.get_incident(incident_id)
         assert inc is not None
         target = self.cfg.target(inc["target"])
@@ -401,6 +411,7 @@ class IncidentManager:
             reason=inc.get("reason") or "",
             evidence=inc.get("evidence") or {},
             instructions=lambda: self._instructions.pop(incident_id, []),
+            previous_verbs=previous,
         )
         budget = self.cfg.agent.wall_clock_seconds + 2 * self.cfg.incidents.verify_timeout_seconds
         try:
@@ -441,11 +452,27 @@ class IncidentManager:
         await self._verify_and_close(incident_id, target.name, result)
 
     async def _verify_and_close(self, incident_id: int, target: str, result: RemediationResult) -> None:
-        """The one verification path: green rounds resolve the incident, else it is escalated."""
+        """The one verification path: green rounds resolve the incident, else it is escalated.
+
+        Unless the remediator sent a power verb and asked to follow up: then it is asked
+        for its next action (a new diagnosis, with the verbs sent so far), a bounded
+        number of times; it escalates itself when it has nothing left to send.
+        """
         ok, detail = await self._verify(target)
         self._record(incident_id, "evidence", {"verification": detail})
+        sent = _sent_verbs(self.store.get_incident(incident_id) or {})
         if ok:
             self._finish(incident_id, target, result, "resolved", detail)
+        elif result.follow_up and 0 < len(sent) < MAX_POWER_PASSES:
+            self._record(
+                incident_id,
+                "decision",
+                {
+                    "decision": "diagnose again for the next action",
+                    "because": f"not verified after {', '.join(v for v, _ in sent)}: {detail}",
+                },
+            )
+            await self._work_unguarded(incident_id, previous=sent)
         else:
             self._escalate(
                 incident_id,
@@ -640,6 +667,15 @@ class IncidentManager:
             self.store.add_tokens(incident_id, data["input_tokens"], data["output_tokens"])
         if kind in ("usage", "fallback") and target is not None:
             self.observers.emit(kind, {**data, "incident": incident_id, "target": target})
+
+
+def _sent_verbs(inc: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(verb, result) of the power verbs an incident sent (ok, failed or unknown), oldest first."""
+    return tuple(
+        (str(p["verb"]), str(p["result"]))
+        for p in inc.get("power_actions", ())
+        if not p["dry_run"] and p["result"] in ("ok", "failed", "unknown")
+    )
 
 
 def _iso(ts: float) -> str:

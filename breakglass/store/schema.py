@@ -20,7 +20,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     # diagnosing again: an incident resumed after a restart is diagnosed afresh.
     "diagnosing": frozenset({"diagnosing", "remediating", "verifying", "resolved", "escalated", "failed"}),
     "remediating": frozenset({"diagnosing", "verifying", "resolved", "escalated", "failed"}),
-    "verifying": frozenset({"remediating", "resolved", "escalated", "failed"}),
+    # verifying -> diagnosing: a power verb did not bring the VM back; the remediator picks the next one.
+    "verifying": frozenset({"diagnosing", "remediating", "resolved", "escalated", "failed"}),
     "escalated": frozenset({"diagnosing", "verifying", "resolved", "failed"}),
 }
 
