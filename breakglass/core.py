@@ -228,7 +228,10 @@ class Core:
         """A scheduled round: bounded, and never raising into the scheduler."""
         limit = self.cfg.probe.round_timeout_seconds + 5
         try:
-            await asyncio.wait_for(self.probe_round(name), timeout=limit)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that arrives
+            # as the round finishes, and the scheduler's loop then never stops (core stop hangs).
+            async with asyncio.timeout(limit):
+                await self.probe_round(name)
         except TimeoutError:
             log.error("probe_round_timeout", target=name, limit=limit)
             self.metrics.round_failed(name, "timeout")

@@ -41,7 +41,8 @@ class ReadingsFeed:
 
         async with self._cond:
             try:
-                await asyncio.wait_for(self._cond.wait_for(newer), within)
+                async with asyncio.timeout(within):  # not wait_for: it can swallow a cancel on 3.11
+                    await self._cond.wait_for(newer)
             except TimeoutError:
                 return None
             return self._latest[target]

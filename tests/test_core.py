@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from pathlib import Path
 from typing import Any
 
 from harness import Running, override, start_core, wait_for
+from readings_support import healthy_readings
 
 from breakglass.core import Core, CoreThread
 from breakglass.metrics import Metrics
 from breakglass.sim.runner import SimHandle
 from breakglass.store import Store
 from breakglass.watchdog.probes import Readings
+from breakglass.watchdog.scheduler import GridScheduler
 
 
 class FlakyCore(Core):
@@ -47,6 +50,43 @@ def test_a_round_that_throws_is_counted_and_the_schedule_keeps_ticking(
         )
     finally:
         thread.stop()
+        store.close()
+
+
+class RoundEndsAsStopCancelsCore(Core):
+    """A core whose first probe round finishes in the loop turn that cancels the schedule."""
+
+    schedule: asyncio.Task[None] | None = None
+    rounds = 0
+
+    async def probe_round(self, name: str) -> Readings:
+        self.rounds += 1
+        if self.rounds > 1:  # the schedule went on after its cancel: wait here to be cancelled again
+            await asyncio.Event().wait()
+        assert self.schedule is not None
+        asyncio.get_running_loop().call_soon(self.schedule.cancel)  # before the job sees the result
+        return healthy_readings(name, at=0.0)
+
+
+def test_a_stop_that_cancels_the_schedule_as_a_round_finishes_stops_it(
+    sim: SimHandle, tmp_path: Path
+) -> None:
+    # On Python 3.11, asyncio.wait_for returns the result when a cancel and the result meet in
+    # one loop turn: the schedule's loop then went on, and stopping the core hung (seen under load).
+    store = Store(tmp_path / "c.db")
+    core = RoundEndsAsStopCancelsCore(sim.config, store=store, metrics=Metrics())
+    scheduler = GridScheduler(0.01, {"devvm": 0.0}, core.probe_job)
+
+    async def main() -> None:
+        core.schedule = asyncio.create_task(scheduler.run_target("devvm"))
+        await asyncio.wait({core.schedule}, timeout=5.0)
+        core.schedule.cancel()  # the second round's wait ends here, if there was one
+        await asyncio.gather(core.schedule, return_exceptions=True)
+
+    try:
+        asyncio.run(main())
+        assert core.rounds == 1, "the cancel was swallowed: the schedule ran another round"
+    finally:
         store.close()
 
 

@@ -415,7 +415,8 @@ class IncidentManager:
         )
         budget = self.cfg.agent.wall_clock_seconds + 2 * self.cfg.incidents.verify_timeout_seconds
         try:
-            result = await asyncio.wait_for(remediator.remediate(ctx), timeout=budget)
+            async with asyncio.timeout(budget):  # not wait_for: it can swallow a cancel on 3.11
+                result = await remediator.remediate(ctx)
         except TimeoutError:
             result = RemediationResult(
                 outcome="escalate",
