@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from servers import Servers
 
 TESTS = Path(__file__).resolve().parent
 PYPROJECT = TESTS.parent / "pyproject.toml"
@@ -83,3 +84,17 @@ def test_the_guards_fail_thread_exceptions_resource_warnings_leftover_children_a
     assert "!!!" in lines[block]
     assert "SKIPPED 1 test(s) in test_inner.py: Debian's prometheus is not installed" in lines[block + 1]
     assert block > max(i for i, line in enumerate(lines) if "short test summary info" in line), text
+
+
+def test_a_process_wide_pool_first_used_inside_a_test_is_not_a_servers_leftover(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Apprise's shared executor starts on the first notification of the process; under xdist
+    # that can be inside any test that also uses the servers fixture.
+    import apprise.apprise as module
+
+    monkeypatch.setattr(module, "_shared_executor", None)
+    with Servers():
+        pool = module.get_shared_executor()
+        pool.submit(lambda: None).result(5)
+    pool.shutdown(wait=True)
