@@ -43,6 +43,9 @@ def test_a_reset_during_an_io_stall_is_refused_naming_cycle_and_never_reaches_th
     assert refused[0]["evidence"]["qmp_ok"] is False
     assert any("use cycle" in e and "evidence observed by the watchdog" in e for e in _model_saw_errors(fake))
     assert inc["state"] == "resolved", inc["report"]
+    # The refused reset never reads as an action: only the cycle moved the incident to remediating.
+    acting = [t["reason"] for t in inc["transitions"] if t["to_state"] == "remediating"]
+    assert acting[0] == "power action cycle allowed by the evidence policy; the budget decides", acting
 
 
 def test_a_reset_on_a_healthy_vm_is_refused_and_the_incident_does_not_claim_a_fix(
@@ -62,6 +65,7 @@ def test_a_reset_on_a_healthy_vm_is_refused_and_the_incident_does_not_claim_a_fi
     decision = next(s for s in steps(inc, "decision") if s["decision"].startswith("remediation "))
     assert decision["decision"] == "remediation nothing_to_do"
     assert decision["did"] == []
+    assert not any("power action" in t["reason"] for t in inc["transitions"]), inc["transitions"]
 
 
 def test_an_instruction_planted_in_command_output_gets_no_power_verb_through(

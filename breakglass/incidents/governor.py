@@ -290,11 +290,14 @@ class Governor:
         evidence: Evidence,
         who: str,
         trace: dict[str, Any] | None = None,
+        on_allowed: Callable[[], None] | None = None,
     ) -> PowerOutcome:
         """Ask the evidence policy first; send through :meth:`execute` only if it allows ``verb``.
 
         The verdict is a ``policy`` step on the incident either way; a refusal sends
-        nothing, writes no ledger row and uses no budget.
+        nothing, writes no ledger row and uses no budget. ``on_allowed`` runs once the
+        policy allows the verb, before the budget is asked (the manager moves the
+        incident to ``remediating`` there, so a refused verb never reads as an action).
         """
         trace = dict(trace or {})
         judged = policy.verdict(verb, evidence)
@@ -304,6 +307,8 @@ class Governor:
         if not judged.allowed:
             self._on_event("power_action", {"target": target, "verb": verb.value, "result": "refused"})
             return policy_refusal(judged)
+        if on_allowed is not None:
+            on_allowed()
         return await self.execute(target, incident_id, verb, pve, who=who, trace=trace)
 
     async def _execute(

@@ -382,7 +382,7 @@ class IncidentManager:
 
         async def power(verb: Verb, *, trace: Mapping[str, Any], evidence: policy.Evidence) -> PowerOutcome:
             # Authorization comes from the incident as a person opened it, never from the caller.
-            self._advance(incident_id, "remediating", f"power action {verb.value} requested")
+            because = f"power action {verb.value} allowed by the evidence policy; the budget decides"
             outcome = await self.governor.judged(
                 target.name,
                 incident_id,
@@ -391,6 +391,7 @@ class IncidentManager:
                 evidence=replace(evidence, authorized_by=authorized_by),
                 who=remediator.name,
                 trace=dict(trace),
+                on_allowed=lambda: self._advance(incident_id, "remediating", because),
             )
             power_results.append(outcome)
             if outcome.result in ("ok", "unknown", "failed") and self._on_power is not None:
