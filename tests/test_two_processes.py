@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from harness import wait_for
-from serve_support import db_rows, serve, stop, wait_serving
+from serve_support import db_rows, get_json, serve, stop, wait_serving
 from servers import Servers
 
 from breakglass.sim.runner import SimHandle
@@ -98,12 +98,21 @@ def _events(log: Path) -> list[str]:
     return [json.loads(line).get("event", "") for line in lines if line.startswith("{")]
 
 
+def _round_at(base: str) -> float | None:
+    """When the serve at ``base`` published its latest probe round."""
+    status = get_json(f"{base}/api/v1/status") or {}
+    return ((status.get("targets") or [{}])[0].get("readings") or {}).get("at")
+
+
 def test_a_process_started_beside_a_live_holder_leaves_its_incident_alone(
-    slow_stop_sim: SimHandle, tmp_path: Path
+    sim: SimHandle, tmp_path: Path
 ) -> None:
-    sim, db = slow_stop_sim, slow_stop_sim.config.store_path
+    db = sim.config.store_path
     first_cfg, first_base = _config(sim, tmp_path / "a.yaml")
     second_cfg, second_base = _config(sim, tmp_path / "b.yaml")
+    # The host holds the cycle mid-stop until the second process has started and looked, however
+    # long a loaded machine takes to start it: the incident is in flight the whole time.
+    sim.call(sim.vm.hold_stops)
     first = serve(first_cfg, tmp_path / "a.log")
     second: subprocess.Popen[bytes] | None = None
     try:
@@ -111,13 +120,17 @@ def test_a_process_started_beside_a_live_holder_leaves_its_incident_alone(
         sim.inject("io_stall")
         wait_for(lambda: sim.state()["verb_counts"].get("cycle") == 1, within=30, what="the cycle sent")
         second = serve(second_cfg, tmp_path / "b.log")
-        wait_serving(second_base)
-        # The first process is still sending its cycle (the host takes 6 s): the second one
-        # neither records its outcome as unknown nor resumes the incident.
-        assert db_rows(db, "SELECT verb, result FROM ledger") in ([("cycle", None)], [("cycle", "ok")])
+        wait_serving(second_base)  # its start looked at the incident
+        seen = _round_at(second_base)
+        wait_for(lambda: _round_at(second_base) != seen, within=10, what="a later round at the second")
+        # A whole probe round of the second one looked too. It neither recorded the cycle's
+        # outcome as unknown nor resumed the incident: the first one still holds it.
+        assert db_rows(db, "SELECT verb, result FROM ledger") == [("cycle", None)]
         assert _holder_pid(db) == first.pid
+        sim.call(sim.vm.release_stops)
         assert _wait_closed(db) == ["resolved"]
     finally:
+        sim.call(sim.vm.release_stops)
         codes = [stop(p) for p in (first, second) if p is not None]
     assert codes == [0, 0]
     assert db_rows(db, "SELECT verb, result FROM ledger") == [("cycle", "ok")]

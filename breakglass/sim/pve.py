@@ -74,12 +74,12 @@ async def _act(vm: SimVM, verb: str) -> tuple[bool, str]:
         ok, message = vm.power_stop_begin()
         if not ok:
             return ok, message
-        await asyncio.sleep(vm.timing.stop_seconds)
+        await vm.stopping()
         return True, vm.power_stop_end()
     # cycle: stop (when not already off), then start a fresh QEMU.
     ok, _ = vm.power_stop_begin()
     if ok:
-        await asyncio.sleep(vm.timing.stop_seconds)
+        await vm.stopping()
         vm.power_stop_end()
     vm.power_start()
     return True, f"VM {vm.vmid} stopped and started (fresh QEMU process)"

@@ -107,6 +107,8 @@ class SimVM:
         self.verb_counts: Counter[str] = Counter()
         self.forensics_log: deque[dict[str, Any]] = deque(maxlen=FORENSICS_KEPT)
         self.misconfigured: set[str] = set()
+        # Set while a test holds the host mid-stop: a stop ends only once it is released.
+        self._stops_held: asyncio.Event | None = None
 
     # ---- control ---------------------------------------------------------------
 
@@ -297,8 +299,30 @@ class SimVM:
             self._booting_until = now + self.timing.boot_seconds
             return True, f"VM {self.vmid} reset"
 
+    def hold_stops(self) -> None:
+        """Until :meth:`release_stops`, a stop the host makes does not end (call on the simulator's loop).
+
+        A test that must act while a power verb is in flight holds it there as long as it
+        needs, instead of racing a fixed ``stop_seconds``.
+        """
+        if self._stops_held is None:
+            self._stops_held = asyncio.Event()
+
+    def release_stops(self) -> None:
+        """Let held stops (and later ones) end after ``stop_seconds`` (call on the simulator's loop)."""
+        held, self._stops_held = self._stops_held, None
+        if held is not None:
+            held.set()
+
+    async def stopping(self) -> None:
+        """As long as the host takes to stop QEMU: ``stop_seconds``, and while a hold lasts."""
+        await asyncio.sleep(self.timing.stop_seconds)
+        held = self._stops_held
+        if held is not None:
+            await held.wait()
+
     def power_stop_begin(self) -> tuple[bool, str]:
-        """Check a stop can start; the caller waits stop_seconds, then calls power_stop_end."""
+        """Check a stop can start; the caller waits :meth:`stopping`, then calls power_stop_end."""
         with self._lock:
             if self._power == "stopped":
                 return False, f"VM {self.vmid} not running"
