@@ -344,6 +344,27 @@ class Core:
             self.manager.resume(inc["id"], f"{who} granted one more power action: {why}", by_person=True)
         return grant_id
 
+    def attention(self) -> list[str]:
+        """The targets a person should look at, most urgent first.
+
+        First those with an active incident, then those with a firing condition,
+        then those whose newest round was not green; configuration order within
+        each group. One store query and what the core holds in memory, so it
+        stays cheap for a thousand targets.
+        """
+        active = self.store.active_targets()
+
+        def rank(name: str) -> int:
+            if name in active:
+                return 0
+            if self.targets[name].conditions:
+                return 1
+            latest = self.feed.latest(name)
+            return 2 if latest is not None and not is_healthy(latest, self.cfg.rules) else 3
+
+        ranked = sorted(self.targets, key=rank)  # stable: configuration order within a rank
+        return [name for name in ranked if rank(name) < 3]
+
     def status(self, names: Iterable[str] | None = None) -> dict[str, Any]:
         """Each target's (or only ``names``') latest readings, conditions, incident, budget, silence."""
         now = self.clock()
@@ -518,6 +539,10 @@ class CoreHandle:
         except CoreUnavailable:
             return False
         return True
+
+    def attention(self) -> list[str]:
+        """The targets a person should look at, most urgent first (see Core.attention)."""
+        return self.call(_as_coro(self._core.attention))
 
     def status(self, names: Iterable[str] | None = None) -> dict[str, Any]:
         """Each target's state, or only that of ``names`` (see Core.status)."""

@@ -25,11 +25,19 @@ from breakglass.web.server import WebServer
 log = structlog.get_logger("breakglass.service")
 
 
-def raise_fd_limit() -> int:
+# Descriptors per watched target (two kept SSH connections and a fresh login per round), and
+# what the rest of the service holds (the store, the listening socket, pages, log files).
+FDS_PER_TARGET = 3
+FDS_FOR_THE_SERVICE = 256
+
+
+def raise_fd_limit(targets: int = 0) -> int:
     """Raise the soft limit on open files to the hard limit; log and return the limit in force.
 
     Each watched target holds two kept SSH connections and a fresh login per round, so a
-    fleet of hundreds needs thousands of descriptors; the usual soft limit is 1024.
+    fleet of hundreds needs thousands of descriptors; the usual soft limit is 1024. When
+    even the hard limit is too low for ``targets``, a warning says how many are needed and
+    how to raise it (the service still starts: logins beyond the limit fail and say so).
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
@@ -40,6 +48,15 @@ def raise_fd_limit() -> int:
         except (ValueError, OSError) as exc:
             log.warning("fd_limit_not_raised", soft=soft, hard=hard, error=str(exc))
     log.info("fd_limit", open_files_limit=soft, hard_limit=None if hard == resource.RLIM_INFINITY else hard)
+    needed = targets * FDS_PER_TARGET + FDS_FOR_THE_SERVICE
+    if soft < needed:
+        log.warning(
+            "fd_limit_low",
+            open_files_limit=soft,
+            needed=needed,
+            targets=targets,
+            fix="raise the hard limit: LimitNOFILE= in the systemd unit, ulimit -Hn, or a container's nofile",
+        )
     return soft
 
 
@@ -56,7 +73,7 @@ def serve(cfg: Config, *, on_ready: Callable[[str], None] | None = None) -> int:
         for problem in problems:
             print(f"breakglass: {problem}", file=sys.stderr)
         return 2
-    raise_fd_limit()
+    raise_fd_limit(len(cfg.targets))
     cfg.store_path.parent.mkdir(parents=True, exist_ok=True)
     store = Store(cfg.store_path)
     metrics = Metrics()

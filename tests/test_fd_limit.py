@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from harness import wait_for
 from servers import Servers
 
@@ -31,6 +35,33 @@ def many_fds() -> Iterator[list[int]]:
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def test_the_limit_in_force_is_logged_and_a_limit_too_low_for_the_fleet_is_a_warning() -> None:
+    with structlog.testing.capture_logs() as logs:
+        limit = raise_fd_limit(targets=10)
+    assert next(e for e in logs if e["event"] == "fd_limit")["open_files_limit"] == limit
+    assert not [e for e in logs if e["event"] == "fd_limit_low"]
+    # A child whose hard limit is 512 cannot hold 1000 targets' connections: it says so, and how to fix it.
+    code = (
+        "import json, structlog\n"
+        "from breakglass.service import raise_fd_limit\n"
+        "with structlog.testing.capture_logs() as logs:\n"
+        "    raise_fd_limit(targets=1000)\n"
+        "print(json.dumps(logs))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512)),
+    )
+    low = [e for e in json.loads(out.stdout) if e["event"] == "fd_limit_low"]
+    assert len(low) == 1, out.stdout
+    assert (low[0]["open_files_limit"], low[0]["needed"]) == (512, 3256)
+    assert "LimitNOFILE" in low[0]["fix"]
 
 
 def get(url: str) -> tuple[int, bytes]:

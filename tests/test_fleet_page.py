@@ -67,6 +67,20 @@ def test_beyond_a_few_dozen_targets_the_index_is_a_paginated_table(fleet) -> Non
     assert client.get("/?page=two").status_code == 400
 
 
+def test_targets_that_need_a_person_come_first_on_page_1(fleet) -> None:
+    handle, store, client = fleet
+    assert 'id="attention">No target needs attention.' in client.get("/").get_data(as_text=True)
+    # Both sick targets sort after page 1 by name: vm058 has an incident, vm056's round was not green.
+    store.open_incident("vm058", "manual", "looks stuck", "ops", {})
+    handle.call(handle.core.process(timed_out("vm056", time.time())))
+    html = client.get("/").get_data(as_text=True)
+    assert rows(html)[:3] == ["vm058", "vm056", "vm000"]
+    assert 'id="attention">2 need attention, listed first.' in html
+    assert len(rows(html)) == FLEET_PAGE_SIZE
+    rest = [n for n in NAMES if n not in ("vm056", "vm058")]
+    assert rows(client.get("/?page=2").get_data(as_text=True)) == rest[FLEET_PAGE_SIZE - 2 :]
+
+
 def test_a_row_links_to_that_targets_full_card_with_its_charts(fleet) -> None:
     handle, _, client = fleet
     now = time.time()

@@ -39,6 +39,13 @@ class StoreCore:
         """True unless a test switched the loop off."""
         return self.is_alive
 
+    def attention(self) -> list[str]:
+        """The targets with an active incident; RuntimeError when dead."""
+        if not self.is_alive:
+            raise RuntimeError("the core did not answer within 1 s")
+        active = self.store.active_targets()
+        return [t.name for t in self.cfg.targets if t.name in active]
+
     def status(self) -> dict[str, Any]:
         """Each target's latest stored readings and active incident; RuntimeError when dead."""
         if not self.is_alive:

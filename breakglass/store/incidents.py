@@ -368,6 +368,11 @@ class IncidentRecords(Database):
         sql += " ORDER BY id DESC LIMIT ?"
         return [self._incident_row(r) for r in self._conn().execute(sql, (*args, int(limit)))]
 
+    def active_targets(self) -> set[str]:
+        """The targets that have an active incident (one indexed query, however many targets)."""
+        rows = self._conn().execute(f"SELECT target FROM incidents WHERE {ACTIVE_WHERE}")  # noqa: S608
+        return {r[0] for r in rows}
+
     def active_incident(self, target: str) -> dict[str, Any] | None:
         """The target's active incident (without steps), if any."""
         row = self._conn().execute(_ACTIVE_ROW_SQL, (target,)).fetchone()

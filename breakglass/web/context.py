@@ -33,6 +33,11 @@ class CoreHandle(Protocol):
         """True when the core loop answers within about a second; never raises."""
         ...
 
+    def attention(self) -> list[str]:
+        """The targets a person should look at, most urgent first (an active incident, a firing
+        condition, a round that was not green). Raises like :meth:`status`."""
+        ...
+
     def status(self, names: Iterable[str] | None = None) -> dict[str, Any]:
         """Each target's (or only ``names``') readings, conditions, incident, budget, silence, activity.
 

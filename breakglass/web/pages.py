@@ -140,8 +140,19 @@ def index() -> str:
 
 
 def _fleet(names: list[str], now: float) -> str:
-    """The compact fleet table: one row per target, one page at a time, no charts."""
+    """The compact fleet table: one row per target, one page at a time, no charts.
+
+    The targets that need a person (an active incident, a firing condition, a
+    round that was not green) come first, so a sick VM is on page 1 however
+    many targets there are; the rest follow in configuration order.
+    """
     ctx = web_context()
+    try:
+        attention = ctx.core.attention()
+    except (RuntimeError, TimeoutError):
+        attention = []  # the core's error is shown by the status call below
+    first = set(attention)
+    names = [*attention, *(n for n in names if n not in first)]
     pages = max(1, -(-len(names) // FLEET_PAGE_SIZE))
     try:
         page = min(max(1, int(request.args.get("page", "1"))), pages)
@@ -160,6 +171,7 @@ def _fleet(names: list[str], now: float) -> str:
         page=page,
         pages=pages,
         total=len(names),
+        attention=len(attention),
         silences=ctx.store.list_silences(now),
         now=now,
     )
