@@ -85,6 +85,27 @@ def test_each_round_makes_one_handshake_and_reads_over_kept_connections(sim: Sim
     assert links.handshakes == 7
 
 
+@pytest.mark.parametrize("cap", [2, 12])
+def test_concurrent_handshakes_never_exceed_the_cap(sim: SimHandle, cap: int) -> None:
+    """Twelve targets' first rounds at once: at most ``cap`` logins are in flight at the sshds."""
+    t, s = sim.config.targets[0], settings(sim, connect_timeout_seconds=10.0, command_timeout_seconds=10.0)
+
+    async def main() -> list[Readings]:
+        gate = asyncio.Semaphore(cap)
+        links = [ProbeLinks(t, s, gate=gate) for _ in range(12)]
+        try:
+            return await asyncio.gather(*(probe_target(t, s, links=lk) for lk in links))
+        finally:
+            await asyncio.gather(*(lk.close() for lk in links))
+
+    assert all(green(r) for r in asyncio.run(main()))
+    most = sim.call(lambda: sim.server.handshakes.most)  # guest and host logins in flight together
+    if cap == 2:
+        assert 1 <= most <= 2
+    else:  # the same measure sees the bunching a cap exists to prevent
+        assert most > 2
+
+
 def test_a_kept_guest_connection_that_died_is_replaced_by_the_rounds_fresh_login(sim: SimHandle) -> None:
     before = handshakes(sim)
     seen, _ = rounds(sim, 4, between=lambda i: drop_connections(sim, "_devvm") if i == 2 else None)

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from breakglass.config import Config
 from breakglass.sim import statedir
 from breakglass.sim.control import ControlApi
-from breakglass.sim.server import SshFront
+from breakglass.sim.server import HandshakeGauge, SshFront
 from breakglass.sim.vm import SimTiming, SimVM
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class SimServer:
         self.web_port = web_port or 0
         self._fixed_web_port = web_port is not None
         self._devvm: SshFront | None = None
+        self.handshakes = HandshakeGauge()  # guest and host logins in flight, together
         self._pve: SshFront | None = None
         self._control: ControlApi | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -123,6 +124,7 @@ class SimServer:
             run=self.vm.devvm_exec,
             slow_seconds=self.timing.slow_latency_seconds,
             hang_seconds=self.timing.hang_seconds,
+            gauge=self.handshakes,
         )
         self._pve = SshFront(
             name=f"{self.target_name}/pve",
@@ -133,6 +135,7 @@ class SimServer:
             run=self.vm.pve_exec,
             slow_seconds=self.timing.slow_latency_seconds,
             hang_seconds=self.timing.hang_seconds,
+            gauge=self.handshakes,
         )
         self._control = ControlApi(inject=self.inject, clear=self.clear, state=self.state)
         try:

@@ -115,13 +115,25 @@ class _SshServer(asyncssh.SSHServer):
     def __init__(self, front: SshFront) -> None:
         self._front = front
         self._conn: asyncssh.SSHServerConnection | None = None
+        self._in_handshake = False
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         self._front._conns.add(conn)
         self._front.handshakes += 1
+        self._in_handshake = True
+        self._front.gauge.begin()
+
+    def auth_completed(self) -> None:
+        self._handshake_over()
+
+    def _handshake_over(self) -> None:
+        if self._in_handshake:
+            self._in_handshake = False
+            self._front.gauge.end()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._handshake_over()
         if self._conn is not None:
             self._front._conns.discard(self._conn)
 
@@ -148,6 +160,21 @@ def _reset(sock: socket.socket) -> None:
     sock.close()
 
 
+class HandshakeGauge:
+    """Connections between the TCP accept and a completed login: now, and the most at once."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+
+    def begin(self) -> None:
+        self.now += 1
+        self.most = max(self.most, self.now)
+
+    def end(self) -> None:
+        self.now -= 1
+
+
 class SshFront:
     """One simulated sshd on ``host:port`` whose behaviour follows ``login()``."""
 
@@ -163,6 +190,7 @@ class SshFront:
         slow_seconds: float,
         hang_seconds: float,
         host: str = "127.0.0.1",
+        gauge: HandshakeGauge | None = None,
     ) -> None:
         self.name = name
         self.username = username
@@ -181,6 +209,8 @@ class SshFront:
         self._conns: set[asyncssh.SSHServerConnection] = set()
         # SSH connections this sshd has taken (the TCP accept got as far as asyncssh).
         self.handshakes = 0
+        # Logins in flight, shared by the fronts of one simulated VM (guest and host).
+        self.gauge = gauge or HandshakeGauge()
         self._options: asyncssh.SSHServerConnectionOptions | None = None
         self._stopped = False
 
