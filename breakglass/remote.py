@@ -252,10 +252,12 @@ async def _open(host: str, port: int, **kwargs: Any) -> asyncssh.SSHClientConnec
     def factory() -> asyncssh.SSHClientConnection:
         return asyncssh.SSHClientConnection(loop, options, wait="auth")
 
-    conn: asyncssh.SSHClientConnection = await asyncio.wait_for(
-        _ASYNCSSH_CONNECT(options, None, loop, 0, None, factory, "Opening SSH connection to"),
-        timeout=options.connect_timeout,
-    )
+    # Not wait_for: on Python 3.11 it returns the connection when a cancel lands as the login
+    # ends, and a stopped round or incident would go on with it.
+    async with asyncio.timeout(options.connect_timeout):
+        conn: asyncssh.SSHClientConnection = await _ASYNCSSH_CONNECT(
+            options, None, loop, 0, None, factory, "Opening SSH connection to"
+        )
     return conn
 
 
@@ -447,7 +449,8 @@ class DevvmShell:
             # the connection if a command hung.
             conn.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.wait_closed(), self.connect_timeout)
+                async with asyncio.timeout(self.connect_timeout):  # a cancel still gets through
+                    await conn.wait_closed()
 
     async def run(self, command: str, *, timeout: float | None = None) -> CommandResult:  # noqa: ASYNC109
         """Connect, run one command, disconnect; RemoteError only for connect or login problems."""

@@ -177,7 +177,10 @@ class _Loop:
             final = turn == self.s.max_turns
             self._take_instructions()
             try:
-                resp = await asyncio.wait_for(self._ask(final=final), timeout=left)
+                # Not wait_for: on Python 3.11 it returns the answer when the incident's cancel
+                # (a stop, or the incident lost to another process) lands as the answer arrives.
+                async with asyncio.timeout(left):
+                    resp = await self._ask(final=final)
             except TimeoutError:
                 stop_why = f"wall-clock limit of {self.s.wall_clock_seconds:.0f} s reached"
                 break

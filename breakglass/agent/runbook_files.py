@@ -137,7 +137,8 @@ async def grep_in_subprocess(
         stdin=asyncio.subprocess.DEVNULL,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), deadline)
+        async with asyncio.timeout(deadline):  # not wait_for, which can lose a cancel on Python 3.11
+            out, err = await proc.communicate()
     except (TimeoutError, asyncio.CancelledError):
         with contextlib.suppress(ProcessLookupError):
             proc.kill()

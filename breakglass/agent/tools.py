@@ -102,7 +102,10 @@ class Toolbox:
             return ToolResult("error", f"unknown tool {name!r}; the tools are {', '.join(BY_NAME)}")
         try:
             limit = tool.deadline(self.ctx, args)
-            return await asyncio.wait_for(tool.run(self, args), timeout=limit)
+            # Not wait_for: on Python 3.11 it returns the result when the incident's cancel lands
+            # as the tool finishes, and the agent would go on to its next turn.
+            async with asyncio.timeout(limit):
+                return await tool.run(self, args)
         except TimeoutError:
             return ToolResult("error", f"{name} did not finish within its deadline; try something smaller")
         except PermissionError as exc:

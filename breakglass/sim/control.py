@@ -104,7 +104,8 @@ class ControlApi:
 
     async def _answer(self, reader: asyncio.StreamReader) -> tuple[HTTPStatus, Any]:
         try:
-            method, path, body = await asyncio.wait_for(_read_request(reader), _HEADER_TIMEOUT_SECONDS)
+            async with asyncio.timeout(_HEADER_TIMEOUT_SECONDS):  # not wait_for: a stop is never lost
+                method, path, body = await _read_request(reader)
             return HTTPStatus.OK, await self._route(method, path, body)
         except ControlError as exc:
             return exc.status, {"error": str(exc)}

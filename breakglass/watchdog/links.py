@@ -145,7 +145,8 @@ class Link:
         if conn is not None:
             conn.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.wait_closed(), self.settings.connect_timeout_seconds)
+                async with asyncio.timeout(self.settings.connect_timeout_seconds):  # a cancel gets through
+                    await conn.wait_closed()
 
 
 class ProbeLinks:

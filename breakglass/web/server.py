@@ -298,7 +298,10 @@ class WebServer:
         writer.write(data)
         # Waiting on every write costs a timer per frame and stream; wait only when a client lags.
         if writer.transport.get_write_buffer_size() > WRITE_BUFFER_BYTES:
-            await asyncio.wait_for(writer.drain(), WRITE_SECONDS)
+            # Not wait_for: on Python 3.11 it returns when the close's cancel lands as the drain
+            # ends, and the connection would go on waiting for a next request.
+            async with asyncio.timeout(WRITE_SECONDS):
+                await writer.drain()
 
     async def _send_simple(
         self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, text: bytes
