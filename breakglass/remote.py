@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import inspect
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -161,11 +162,18 @@ PROBE_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-p
 
 @dataclass(frozen=True)
 class _Credentials:
-    """An endpoint's pinned host keys and client key, parsed once, with the files' identity."""
+    """An endpoint's pinned host keys and client key, parsed once, with the files' identity.
+
+    ``options`` holds the connection options built from them (see ``_client_options``):
+    they go with these parsed files, so re-read files start with none.
+    """
 
     stamp: tuple[tuple[int, int, int], ...]
     known_hosts: asyncssh.SSHKnownHosts
     client_keys: Sequence[asyncssh.SSHKeyPair]
+    options: dict[tuple[Any, ...], asyncssh.SSHClientConnectionOptions] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 # Parsed credentials per (key file, known_hosts file). A connect only stats the two
@@ -210,13 +218,18 @@ def credentials_stamp(ep: SshEndpoint, *, quiet: bool = False) -> tuple[tuple[in
 
 def credentials(ep: SshEndpoint) -> tuple[asyncssh.SSHKnownHosts, Sequence[asyncssh.SSHKeyPair]]:
     """The endpoint's known_hosts and client key, parsed once and re-read when a file changes."""
+    creds = _credentials(ep)
+    return creds.known_hosts, creds.client_keys
+
+
+def _credentials(ep: SshEndpoint) -> _Credentials:
     label = _endpoint_label(ep)
     stamp = credentials_stamp(ep)
     assert stamp is not None
     key = (ep.key_file, ep.known_hosts)
     cached = _CREDENTIALS.get(key)
     if cached is not None and cached.stamp == stamp:
-        return cached.known_hosts, cached.client_keys
+        return cached
     try:
         known = asyncssh.read_known_hosts(str(ep.known_hosts))
     except (OSError, ValueError) as exc:
@@ -225,14 +238,15 @@ def credentials(ep: SshEndpoint) -> tuple[asyncssh.SSHKnownHosts, Sequence[async
         keys = asyncssh.load_keypairs([str(ep.key_file)])
     except (OSError, ValueError, asyncssh.KeyImportError) as exc:
         raise RemoteError(f"{label}: cannot load key {ep.key_file}: {exc}", kind="auth") from None
-    _CREDENTIALS[key] = _Credentials(stamp, known, keys)
-    return known, keys
+    creds = _CREDENTIALS[key] = _Credentials(stamp, known, keys)
+    return creds
 
 
 # asyncssh.connect() builds its options in a worker thread on every call (a thread
-# hand-off and a GIL round trip, about a fifth of a probe login's client CPU). With the
-# credentials already parsed there is nothing slow left to build, so the options are
-# built here on the loop and handed to asyncssh's own connect step. That step is
+# hand-off and a GIL round trip, about a fifth of a probe login's client CPU), and
+# building them is most of the rest of a connect's set-up (a user name look-up, stringprep,
+# algorithm lists). Here they are built once per endpoint and set of parsed credentials
+# (``_client_options``) and handed, as a copy, to asyncssh's own connect step. That step is
 # internal: its signature is checked once, and anything unexpected uses the public call.
 _ASYNCSSH_CONNECT: Any = getattr(asyncssh.connection, "_connect", None)
 _FAST_CONNECT = _ASYNCSSH_CONNECT is not None and list(
@@ -240,14 +254,40 @@ _FAST_CONNECT = _ASYNCSSH_CONNECT is not None and list(
 ) == ["options", "config", "loop", "flags", "sock", "conn_factory", "msg"]
 
 
-async def _open(host: str, port: int, **kwargs: Any) -> asyncssh.SSHClientConnection:
-    """``asyncssh.connect(host, port=port, config=None, **kwargs)``, without the worker thread."""
+def _client_options(
+    ep: SshEndpoint, creds: _Credentials, connect_timeout: float, keepalive_seconds: float, light: bool
+) -> asyncssh.SSHClientConnectionOptions:
+    """A private copy of the connect options for ``ep``, built once per endpoint and settings.
+
+    The copy matters: asyncssh's connect step keeps the connection's login waiter on the
+    options object, so two connections must never share one. Nothing else on it changes.
+    """
+    key = (ep.host, ep.port, ep.user, connect_timeout, keepalive_seconds, light)
+    options = creds.options.get(key)
+    if options is None:
+        options = asyncssh.SSHClientConnectionOptions(
+            None,
+            config=None,
+            host=ep.host,
+            port=ep.port,
+            tunnel=(),
+            family=(),
+            local_addr=(),
+            **_connect_kwargs(ep, creds, connect_timeout, keepalive_seconds, light),
+        )
+        creds.options[key] = options
+    return copy.copy(options)
+
+
+async def _open(
+    ep: SshEndpoint, creds: _Credentials, connect_timeout: float, keepalive_seconds: float, light: bool
+) -> asyncssh.SSHClientConnection:
+    """``asyncssh.connect(ep.host, port=ep.port, config=None, **options)``, without the worker thread."""
     if not _FAST_CONNECT:
-        return await asyncssh.connect(host, port=port, config=None, **kwargs)
+        kwargs = _connect_kwargs(ep, creds, connect_timeout, keepalive_seconds, light)
+        return await asyncssh.connect(ep.host, port=ep.port, config=None, **kwargs)
     loop = asyncio.get_running_loop()
-    options = asyncssh.SSHClientConnectionOptions(
-        None, loop=loop, config=None, host=host, port=port, tunnel=(), family=(), local_addr=(), **kwargs
-    )
+    options = _client_options(ep, creds, connect_timeout, keepalive_seconds, light)
 
     def factory() -> asyncssh.SSHClientConnection:
         return asyncssh.SSHClientConnection(loop, options, wait="auth")
@@ -278,6 +318,36 @@ def host_key_algs(known: asyncssh.SSHKnownHosts, ep: SshEndpoint) -> list[str] |
     return list(dict.fromkeys(pinned + usual))
 
 
+def _connect_kwargs(
+    ep: SshEndpoint, creds: _Credentials, connect_timeout: float, keepalive_seconds: float, light: bool
+) -> dict[str, Any]:
+    """The asyncssh connect options for ``ep``: its pinned keys and key, nothing from outside."""
+    algs: dict[str, Any] = {"kex_algs": PROBE_KEX_ALGS, "encryption_algs": PROBE_CIPHERS} if light else {}
+    offered = host_key_algs(creds.known_hosts, ep)
+    if offered is not None:
+        algs["server_host_key_algs"] = offered
+    # Every default that could reach outside the config is switched off:
+    # no ~/.ssh/config, no agent, no default keys, no password prompts.
+    # The pinned keys are an already parsed known_hosts: checking is the same.
+    return {
+        "username": ep.user,
+        "known_hosts": creds.known_hosts,
+        "client_keys": creds.client_keys,
+        "agent_path": None,
+        "agent_forwarding": False,
+        "password": None,
+        "kbdint_auth": False,
+        "password_auth": False,
+        "gss_auth": False,
+        "preferred_auth": "publickey",
+        "connect_timeout": connect_timeout,
+        "login_timeout": connect_timeout,
+        "keepalive_interval": keepalive_seconds,
+        "keepalive_count_max": 3,
+        **algs,
+    }
+
+
 async def _connect(
     ep: SshEndpoint,
     connect_timeout: float,
@@ -291,34 +361,9 @@ async def _connect(
     ``light`` prefers the cheapest strong algorithms (probe rounds log in every round).
     """
     label = _endpoint_label(ep)
-    known, keys = credentials(ep)
-    algs: dict[str, Any] = {"kex_algs": PROBE_KEX_ALGS, "encryption_algs": PROBE_CIPHERS} if light else {}
-    offered = host_key_algs(known, ep)
-    if offered is not None:
-        algs["server_host_key_algs"] = offered
+    creds = _credentials(ep)
     try:
-        # Every default that could reach outside the config is switched off:
-        # no ~/.ssh/config, no agent, no default keys, no password prompts.
-        # The pinned keys are an already parsed known_hosts: checking is the same.
-        return await _open(
-            ep.host,
-            ep.port,
-            username=ep.user,
-            known_hosts=known,
-            client_keys=keys,
-            agent_path=None,
-            agent_forwarding=False,
-            password=None,
-            kbdint_auth=False,
-            password_auth=False,
-            gss_auth=False,
-            preferred_auth="publickey",
-            connect_timeout=connect_timeout,
-            login_timeout=connect_timeout,
-            keepalive_interval=keepalive_seconds,
-            keepalive_count_max=3,
-            **algs,
-        )
+        return await _open(ep, creds, connect_timeout, keepalive_seconds, light)
     except asyncssh.HostKeyNotVerifiable as exc:
         raise _host_key_error(ep, exc) from None
     except asyncssh.KeyExchangeFailed as exc:

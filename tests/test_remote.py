@@ -11,6 +11,7 @@ import time
 import asyncssh
 import pytest
 
+from breakglass import remote
 from breakglass.config import SshEndpoint
 from breakglass.remote import (
     POWER_VERBS,
@@ -363,3 +364,63 @@ def test_an_unreachable_host_is_a_transient_remote_error_not_a_hang(sim):
     with pytest.raises(RemoteError) as info:
         asyncio.run(pve_client(sim.config.targets[0].pve).status())
     assert info.value.kind == "refused"
+
+
+# Connect options are built once per endpoint and set of parsed credentials, not per login.
+
+
+def test_logins_to_one_endpoint_build_its_connect_options_once(sim, monkeypatch):
+    built: list[object] = []
+
+    class Counted(asyncssh.SSHClientConnectionOptions):
+        def prepare(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            built.append(self)
+            return super().prepare(*args, **kwargs)
+
+    monkeypatch.setattr(asyncssh, "SSHClientConnectionOptions", Counted)
+    ep = sim.config.targets[0].devvm
+    for _ in range(3):
+        assert asyncio.run(shell(ep, connect_timeout=1.5).run("true")).ok
+    assert len(built) == 1
+
+
+def test_logins_to_one_endpoint_at_once_each_get_their_own_options(sim):
+    # asyncssh keeps a connection's login waiter on its options: shared, one login would wait forever.
+    ep = sim.config.targets[0].devvm
+
+    async def main() -> list[float]:
+        return await asyncio.gather(*(shell(ep, connect_timeout=1.7).login() for _ in range(4)))
+
+    assert all(0 < s < 1.7 for s in asyncio.run(main()))
+
+
+def test_a_known_hosts_file_rewritten_in_place_is_read_again(sim, tmp_path, monkeypatch):
+    # The files are looked at once a second; here on every use, so no test has to wait.
+    monkeypatch.setattr(remote, "STAMP_MAX_AGE_SECONDS", 0.0)
+    real = sim.config.targets[0].devvm
+    known = tmp_path / "known_hosts.live"
+    known.write_text(real.known_hosts.read_text())
+    ep = with_known_hosts(real, known)
+    pinned_elsewhere = pin_another_key(real, tmp_path).known_hosts.read_text()
+    assert asyncio.run(shell(ep).run("true")).ok
+    known.write_text(pinned_elsewhere)
+    with pytest.raises(HostKeyError, match="not the pinned key"):
+        asyncio.run(shell(ep).run("true"))
+    known.write_text(real.known_hosts.read_text())
+    assert asyncio.run(shell(ep).run("true")).ok
+
+
+def test_a_client_key_file_replaced_in_place_is_read_again(sim, tmp_path, monkeypatch):
+    monkeypatch.setattr(remote, "STAMP_MAX_AGE_SECONDS", 0.0)
+    real = sim.config.targets[0].devvm
+    key = tmp_path / "id_live"
+    key.write_bytes(real.key_file.read_bytes())
+    key.chmod(0o600)
+    ep = real.model_copy(update={"key_file": key})
+    assert asyncio.run(shell(ep).run("true")).ok
+    key.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+    with pytest.raises(RemoteError) as info:
+        asyncio.run(shell(ep).run("true"))
+    assert info.value.kind == "auth"
+    key.write_bytes(real.key_file.read_bytes())
+    assert asyncio.run(shell(ep).run("true")).ok
