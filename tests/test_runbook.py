@@ -21,7 +21,7 @@ from harness import override, power_verbs, start_core, wait_for
 from breakglass.agent import diagnose
 from breakglass.agent.runbook import RunbookRemediator
 from breakglass.config import Config, RuleSettings, SshEndpoint
-from breakglass.incidents.context import RemediationContext, RemediationResult
+from breakglass.incidents.context import Instruction, RemediationContext, RemediationResult
 from breakglass.incidents.governor import Governor, PowerOutcome
 from breakglass.incidents.policy import Evidence
 from breakglass.remote import DevvmShell, PveClient, Verb
@@ -62,7 +62,7 @@ def remediate(
     *,
     conditions: tuple[str, ...] = (),
     devvm: SshEndpoint | None = None,
-    instructions: list[tuple[str, str]] | None = None,
+    instructions: list[Instruction] | None = None,
     previous_verbs: tuple[tuple[str, str], ...] = (),
 ) -> Ran:
     """Build the context the incident manager would and run the runbook once."""
@@ -236,7 +236,7 @@ def test_an_unreachable_proxmox_host_with_a_healthy_vm_escalates_without_a_verb(
 
 
 def test_an_operator_instruction_is_recorded_by_the_runbook(sim: SimHandle, real_store: Store) -> None:
-    ran = remediate(sim, real_store, instructions=[("viktor", "leave postgres running")])
+    ran = remediate(sim, real_store, instructions=[Instruction("viktor", "leave postgres running")])
     noted = [s["data"] for s in ran.steps if s["data"].get("decision") == "note the operator's instruction"]
     assert [n["evidence"] for n in noted] == [{"who": "viktor", "instruction": "leave postgres running"}]
     assert "noted viktor's instruction: leave postgres running" in ran.result.did

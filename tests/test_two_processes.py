@@ -176,7 +176,12 @@ def test_kill_9_of_the_holder_the_other_process_takes_the_incident_over_once_its
     assert [e["verb"] for e in sim.state()["power_log"]] == ["cycle"]  # the one the killed holder sent
     assert db_rows(db, "SELECT verb, result FROM ledger") == [("cycle", "unknown")]
     assert len(db_rows(db, "SELECT id FROM incidents")) == 1
-    assert [n for n in _notes(db) if "taken over" in n]
+    # A takeover by a process that ran beside the holder, and the notes say so: not a restart.
+    [taken] = [n for n in _notes(db) if "taken over" in n]
+    assert taken.startswith("taken over from ")
+    assert f":{procs[holder].pid}:" in taken.split(", whose lease had lapsed: ")[0]
+    assert taken.endswith("cycle was unknown before it; verifying, nothing is re-sent")
+    assert not [n for n in _notes(db) if "restart" in n]
     assert "incident_taken_over" in _events(tmp_path / f"{other}.log")
 
 

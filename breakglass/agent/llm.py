@@ -18,6 +18,11 @@ exhausted) the runbook takes over too. A hand-over report lists every power
 verb and mutating command that ran, whoever sent it. A ``stop`` the model
 sent is never left standing: ``start`` follows, or the incident escalates
 saying the VM is stopped.
+
+The steps it records are the conversation (see :mod:`breakglass.agent.resume`):
+an incident resumed mid-conversation after a restart or a takeover goes on from
+them, with the turns, tokens and seconds already spent counted against its
+budgets; a tool call whose result was never stored is answered as interrupted.
 """
 
 from __future__ import annotations
@@ -29,23 +34,28 @@ from dataclasses import replace
 from typing import Any
 
 import anthropic
+import structlog
 
 from breakglass.agent.messages import (
+    add_to_user_turn,
     block_dict,
     cached_tools,
     first_message,
     operator_instruction,
     system_blocks,
     system_prompt,
-    tool_output,
+    tool_result,
 )
+from breakglass.agent.resume import INTERRUPTED, CannotRebuild, Rebuilt, rebuild
 from breakglass.agent.tools import BY_NAME, Sent, Toolbox
 from breakglass.config import AgentSettings
 from breakglass.incidents import policy
-from breakglass.incidents.context import RemediationContext, RemediationResult, Remediator
+from breakglass.incidents.context import Instruction, RemediationContext, RemediationResult, Remediator
 from breakglass.remote import RemoteError, Verb
 
 __all__ = ["AgentRemediator", "first_message", "system_prompt"]
+
+log = structlog.get_logger("breakglass.agent")
 
 # How much more room a cut-off answer gets on its one retry.
 MAX_TOKENS_RETRY_FACTOR = 2
@@ -100,10 +110,13 @@ class AgentRemediator:
             return out
 
         ctx = replace(ctx, power=power)
+        rebuilt = self._resumed(ctx)
         # Building the client loads CA certificates: tens of milliseconds the core loop must not wait.
         client = await asyncio.to_thread(self._new_client)
-        loop = _Loop(self, ctx, client)
+        loop = _Loop(self, ctx, client, rebuilt)
         try:
+            if rebuilt is not None and rebuilt.report is not None:
+                return await loop._result(rebuilt.report)  # it had reported: on to verification
             return await loop.run()
         except HandOver as h:
             return await self._fall_back(ctx, loop, sent, h.kind, h.why)
@@ -122,11 +135,60 @@ class AgentRemediator:
         finally:
             await client.close()
 
+    def _resumed(self, ctx: RemediationContext) -> Rebuilt | None:
+        """On a resumed pass: the conversation rebuilt from the stored steps, noted; None to start afresh."""
+        if ctx.resume is None:
+            return None
+        try:
+            rebuilt = rebuild(ctx.resume.steps, first_message(ctx))
+        except CannotRebuild as exc:
+            ctx.record("note", {"text": ctx.resume.note(f"the model diagnoses afresh: {exc}")})
+            log.warning("agent_conversation_not_resumed", incident=ctx.incident_id, why=str(exc))
+            return None
+        for call in rebuilt.unanswered:
+            # The answer the model gets is stored like any other: the steps stay the conversation.
+            ctx.record(
+                "tool_result",
+                {
+                    "id": call["id"],
+                    "name": call["name"],
+                    "status": "error",
+                    "output": INTERRUPTED,
+                    "acted": bool(call.get("mutates")),
+                    "interrupted": True,
+                },
+            )
+        turn = rebuilt.turns + 1
+        if rebuilt.report is not None:
+            where = f"the model had reported at turn {rebuilt.turns}; on to verification"
+        elif rebuilt.turns == 0:
+            where = "the model's conversation starts again at turn 1 (no turn of it had been stored)"
+        else:
+            where = (
+                f"the model's conversation goes on at turn {turn} ({rebuilt.turns} turns rebuilt from "
+                f"the stored steps, {rebuilt.tokens} tokens and {rebuilt.elapsed:.0f} s already spent"
+            )
+            if rebuilt.unanswered:
+                n = len(rebuilt.unanswered)
+                where += f"; {n} tool call(s) with no stored result answered as interrupted"
+            where += ")"
+        ctx.record("note", {"text": ctx.resume.note(where)})
+        log.info(
+            "agent_conversation_resumed",
+            incident=ctx.incident_id,
+            turn=turn,
+            tokens=rebuilt.tokens,
+            elapsed=round(rebuilt.elapsed, 3),
+            unanswered=len(rebuilt.unanswered),
+            reported=rebuilt.report is not None,
+        )
+        return rebuilt
+
     async def _fall_back(
         self, ctx: RemediationContext, loop: _Loop, sent: list[str], kind: str, why: str
     ) -> RemediationResult:
         ctx.record("fallback", {"to": self.fallback.name, "kind": kind, "reason": why})
-        result = await self.fallback.remediate(ctx)
+        result = await self.fallback.remediate(replace(ctx, resume=None))  # the resume is noted
         model_acts = [
             f"{a.what} by the model ({a.status})" for a in loop.tools.acted if a.what.startswith("ran")
         ]
@@ -152,7 +214,11 @@ class _Loop:
     """One incident's conversation."""
 
     def __init__(
-        self, agent: AgentRemediator, ctx: RemediationContext, client: anthropic.AsyncAnthropic
+        self,
+        agent: AgentRemediator,
+        ctx: RemediationContext,
+        client: anthropic.AsyncAnthropic,
+        rebuilt: Rebuilt | None = None,
     ) -> None:
         self.agent = agent
         self.client = client
@@ -161,12 +227,29 @@ class _Loop:
         self.tools = Toolbox(ctx)
         self.messages: list[dict[str, Any]] = [{"role": "user", "content": first_message(ctx)}]
         self.tokens = 0
+        self.turns = 0  # model turns asked so far in this conversation
         self.started = time.monotonic()
         self.max_tokens = self.s.max_tokens_per_response
+        # Operator instructions (their step ids) waiting for the next request, and those sent.
+        self.pending: list[Instruction] = []
+        self.sent_instructions: set[int] = set()
+        self.sending: list[int] = []
+        if rebuilt is not None:
+            # A resumed conversation: what it spent counts against the budgets. The wall clock
+            # counts the time it ran up to its last stored step, not the time the watchdog was down.
+            self.messages = rebuilt.messages
+            self.tokens, self.turns = rebuilt.tokens, rebuilt.turns
+            self.started -= rebuilt.elapsed
+            if rebuilt.retried:
+                self.max_tokens *= MAX_TOKENS_RETRY_FACTOR
+            self.pending = list(rebuilt.pending)
+            self.sent_instructions = set(rebuilt.sent_instructions)
+            self.tools.acted.extend(rebuilt.acted)
+            self.tools.verbs_ok.extend(Verb(v) for v in rebuilt.verbs_ok if v in {x.value for x in Verb})
 
     async def run(self) -> RemediationResult:
         stop_why: str | None = None
-        for turn in range(1, self.s.max_turns + 1):
+        for turn in range(self.turns + 1, self.s.max_turns + 1):
             left = self.s.wall_clock_seconds - (time.monotonic() - self.started)
             if left <= 0:
                 stop_why = f"wall-clock limit of {self.s.wall_clock_seconds:.0f} s reached"
@@ -221,17 +304,19 @@ class _Loop:
 
     def _take_instructions(self) -> None:
         """Operator instructions added since the last turn become part of the next user turn."""
-        pending = self.ctx.instructions()
-        if not pending:
+        pending = [*self.pending, *self.ctx.instructions()]
+        self.pending = []
+        fresh = []
+        for i in pending:
+            if i.step is not None:
+                if i.step in self.sent_instructions:
+                    continue  # already in the conversation (a resumed one)
+                self.sent_instructions.add(i.step)
+                self.sending.append(i.step)
+            fresh.append(i)
+        if not fresh:
             return
-        blocks = [operator_instruction(who, text) for who, text in pending]
-        last = self.messages[-1]
-        if last["role"] == "user":
-            if isinstance(last["content"], str):
-                last["content"] = [{"type": "text", "text": last["content"]}]
-            last["content"].extend(blocks)
-        else:
-            self.messages.append({"role": "user", "content": blocks})
+        add_to_user_turn(self.messages, [operator_instruction(i.who, i.text) for i in fresh])
 
     async def _ask(self, *, final: bool) -> Any:
         kwargs: dict[str, Any] = {
@@ -244,6 +329,8 @@ class _Loop:
         if final:
             kwargs["tool_choice"] = NONE_CHOICE
         resp = await self.client.messages.create(**kwargs)
+        self.turns += 1
+        sent, self.sending = self.sending, []
         u = resp.usage
         used_in, used_out = u.input_tokens, u.output_tokens
         cache_write = getattr(u, "cache_creation_input_tokens", None) or 0
@@ -258,6 +345,10 @@ class _Loop:
                 "cache_read_tokens": cache_read,
                 "stop_reason": resp.stop_reason,
                 "total_tokens": self.tokens,
+                # What a resumed conversation needs: its place, its time, the instructions it carried.
+                "turn": self.turns,
+                "elapsed_seconds": round(time.monotonic() - self.started, 3),
+                "instructions": sent,
             },
         )
         for block in resp.content:
@@ -291,14 +382,7 @@ class _Loop:
                     "acted": res.acted,
                 },
             )
-            results.append(
-                {
-                    "type": "tool_result",
-                    "tool_use_id": block.id,
-                    "content": tool_output(block.name, res.text),
-                    "is_error": res.is_error,
-                }
-            )
+            results.append(tool_result(block.id, block.name, res.text, is_error=res.is_error))
         self.messages.append({"role": "user", "content": results})
 
     async def _result(self, report: str | None, *, stopped: str | None = None) -> RemediationResult:

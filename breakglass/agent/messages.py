@@ -66,6 +66,27 @@ def tool_output(name: str, text: str) -> str:
     )
 
 
+def tool_result(tool_use_id: str, name: str, text: str, *, is_error: bool) -> dict[str, Any]:
+    """The ``tool_result`` block that answers one ``tool_use``, its text marked as untrusted."""
+    return {
+        "type": "tool_result",
+        "tool_use_id": tool_use_id,
+        "content": tool_output(name, text),
+        "is_error": is_error,
+    }
+
+
+def add_to_user_turn(messages: list[dict[str, Any]], blocks: list[dict[str, Any]]) -> None:
+    """Add ``blocks`` to the last message if it is the user's, else as a new user turn."""
+    last = messages[-1]
+    if last["role"] == "user":
+        if isinstance(last["content"], str):
+            last["content"] = [{"type": "text", "text": last["content"]}]
+        last["content"].extend(blocks)
+    else:
+        messages.append({"role": "user", "content": blocks})
+
+
 def operator_instruction(who: str, text: str) -> dict[str, Any]:
     """A person's instruction, added to the incident while it runs, as a text block."""
     return {

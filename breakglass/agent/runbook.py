@@ -86,6 +86,8 @@ class RunbookRemediator:
 
     async def remediate(self, ctx: RemediationContext) -> RemediationResult:
         """Work one incident; never raises for expected remote failures."""
+        if ctx.resume is not None:  # it keeps no conversation: a resumed pass is diagnosed afresh
+            ctx.record("note", {"text": ctx.resume.note("diagnosing again")})
         work = _Work()
         try:
             result = await self._in_guest(ctx, work)
@@ -98,7 +100,7 @@ class RunbookRemediator:
         said = ctx.instructions()
         if not said:
             return result
-        for who, text in said:
+        for who, text, _ in said:
             self._decide(
                 ctx,
                 "note the operator's instruction",
@@ -106,7 +108,7 @@ class RunbookRemediator:
                 who=who,
                 instruction=text,
             )
-        notes = tuple(f"noted {who}'s instruction: {text[:120]}" for who, text in said)
+        notes = tuple(f"noted {who}'s instruction: {text[:120]}" for who, text, _ in said)
         return replace(result, did=(*result.did, *notes))
 
     # -- recording -------------------------------------------------------

@@ -10,13 +10,20 @@ state belong to the manager: a remediator never waits for the VM to come back.
 One that sent a power verb may ask to be called again if the manager cannot
 verify the fix (``follow_up``); it then finds the verbs already sent in
 ``previous_verbs`` (from the store) and returns its next action, or escalates.
+
+An incident left mid-pass by a stop, a crash or a lapsed lease is handed to the
+remediator again with ``resume`` set: the incident's stored steps, oldest first,
+and how it came back (a restart, or a takeover by another process). A remediator
+that keeps a conversation (the model agent) rebuilds it from those steps and
+goes on; one that does not diagnoses afresh. Either way it records a ``note``
+saying where it resumed (:meth:`Resume.note`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from breakglass.config import Config, Target
 from breakglass.incidents.policy import Evidence
@@ -46,6 +53,31 @@ class RemediationResult:
     follow_up: bool = False
 
 
+class Instruction(NamedTuple):
+    """A person's instruction on the incident: who, what, and its ``operator_instruction`` step's id."""
+
+    who: str
+    text: str
+    step: int | None = None
+
+
+@dataclass(frozen=True)
+class Resume:
+    """The incident's pass is taken up again, not started: after a restart or by a takeover.
+
+    ``headline`` says which (``resumed after a restart``, or ``taken over from HOLDER,
+    whose lease had lapsed``); ``steps`` are the incident's stored steps, oldest first
+    (``id``, ``at``, ``kind``, ``data``), the conversation a model agent rebuilds.
+    """
+
+    headline: str
+    steps: tuple[dict[str, Any], ...]
+
+    def note(self, where: str) -> str:
+        """The note for the incident: how it came back, then where it goes on."""
+        return f"{self.headline}: {where}"
+
+
 class PowerFn(Protocol):
     """Send a power verb for this incident: the policy judges ``evidence``, then the Governor.
 
@@ -72,11 +104,13 @@ class RemediationContext:
     trigger: str = "rule"
     reason: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
-    # Operator instructions added since the last call, as (who, text); each is returned once.
-    instructions: Callable[[], list[tuple[str, str]]] = field(default=lambda: [])
+    # Operator instructions added since the last call; each is returned once.
+    instructions: Callable[[], list[Instruction]] = field(default=lambda: [])
     # On a follow-up (the VM was not verified after a verb): the power verbs this incident
     # sent, as (verb, result: ok, failed or unknown), oldest first. Empty on a fresh pass.
     previous_verbs: tuple[tuple[str, str], ...] = ()
+    # Set when this pass was interrupted (stop, crash, lapsed lease) and is taken up again.
+    resume: Resume | None = None
 
 
 class Remediator(Protocol):

@@ -18,6 +18,8 @@ their triggers to it and leave it alone. An incident left active by a stop or
 a crash resumes from its last committed step in whichever process claims it
 first once its lease has lapsed, at start or on a later probe round
 (:meth:`IncidentManager.resume_after_restart`); a clean stop lets go at once.
+Its notes say which it was: resumed after a restart of this service, or taken
+over from another process that stopped holding it while this one ran.
 """
 
 from __future__ import annotations
@@ -36,7 +38,13 @@ import structlog
 from breakglass.config import Config, Target
 from breakglass.events import Observers, ReadingsFeed
 from breakglass.incidents import policy
-from breakglass.incidents.context import RemediationContext, RemediationResult, Remediator
+from breakglass.incidents.context import (
+    Instruction,
+    RemediationContext,
+    RemediationResult,
+    Remediator,
+    Resume,
+)
 from breakglass.incidents.governor import Governor, PowerOutcome
 from breakglass.remote import DevvmShell, PveClient, Verb
 from breakglass.store import Store
@@ -104,7 +112,9 @@ class IncidentManager:
         self._clock = clock
         self._tasks: dict[int, asyncio.Task[None]] = {}
         # Operator instructions not yet handed to the incident's remediator, by incident.
-        self._instructions: dict[int, list[tuple[str, str]]] = {}
+        self._instructions: dict[int, list[Instruction]] = {}
+        # An incident another process held after this one started was taken over, not restarted.
+        self._started_at = clock()
 
     # -- opening ---------------------------------------------------------
 
@@ -192,7 +202,7 @@ class IncidentManager:
                 f"({inc['owner']}); give the instruction through that process"
             )
         step = self.store.add_step(incident_id, "operator_instruction", {"who": who, "text": text})
-        self._instructions.setdefault(incident_id, []).append((who, text))
+        self._instructions.setdefault(incident_id, []).append(Instruction(who, text, step))
         log.info("operator_instruction", incident=incident_id, who=who)
         return step
 
@@ -276,9 +286,13 @@ class IncidentManager:
         2. a power verb was decided for it (its ledger row is ``ok``, ``failed`` or
            ``unknown``: the host may have acted): the verb is never sent again; the
            incident goes on to the one verification path, and resolves if the VM is back;
-        3. otherwise nothing mutating may have happened: it is diagnosed afresh.
+        3. otherwise no power verb reached the host: the remediator takes its pass up
+           again from the stored steps (the model agent goes on with its conversation,
+           see :mod:`breakglass.agent.resume`; the runbook diagnoses afresh) and notes where.
 
-        Returns the step it resumed at, or None when it is not ours to resume.
+        The notes say whether it was resumed after a restart of this service or taken over
+        from another process (:meth:`_taken_over`). Returns the step it resumed at, or None
+        when it is not ours to resume.
         """
         incident_id, target = int(inc["id"]), str(inc["target"])
         if incident_id in self._tasks:
@@ -289,14 +303,22 @@ class IncidentManager:
         settled = self.store.claim_incident(incident_id, self.owner, self._lease)
         if settled is None:
             return None
-        if holder not in (None, self.owner):
-            log.warning("incident_taken_over", incident=incident_id, target=target, holder=holder)
-            self.store.add_step(
-                incident_id, "note", {"text": f"taken over from {holder}, whose claim had lapsed"}
-            )
         self.governor.settled(settled)
         full = self.store.get_incident(incident_id) or {}
+        takeover = self._taken_over(full, holder, lease_until)
+        if takeover:
+            log.warning("incident_taken_over", incident=incident_id, target=target, holder=holder)
+            headline = (
+                f"taken over from {holder}, whose lease had lapsed"
+                if holder is not None
+                else "taken over after the watchdog process working it stopped"
+            )
+        else:
+            headline = "resumed after a restart"
+        how = "takeover" if takeover else "restart"
         if full.get("state") in (None, "escalated") or full.get("closed_at") is not None:
+            if takeover and full.get("closed_at") is None:
+                self.store.add_step(incident_id, "note", {"text": f"{headline}; it stays escalated"})
             return "escalated"
         acted = [
             p
@@ -306,29 +328,51 @@ class IncidentManager:
         if acted or inc["state"] == "verifying":
             last = acted[-1] if acted else None
             found = (
-                f"resumed after a restart: {last['verb']} was {last['result']} before it"
+                f"{headline}: {last['verb']} was {last['result']} before it"
                 if last
-                else "resumed after a restart while verifying"
+                else f"{headline} while verifying"
             )
             self.store.add_step(incident_id, "note", {"text": f"{found}; verifying, nothing is re-sent"})
-            log.info("incident_resumed", incident=incident_id, target=target, at="verifying")
+            log.info("incident_resumed", incident=incident_id, target=target, at="verifying", how=how)
             if last is not None and self._on_power is not None:
                 self._on_power(target, float(last["at"]))  # the boot grace runs from the verb
             did = (f"{last['verb']} ({last['result']})",) if last else ()
             result = RemediationResult(outcome="acted", found=found, did=did)
-            self._start(incident_id, self._verify_after_restart(incident_id, target, result))
+            self._start(incident_id, self._verify_after_restart(incident_id, target, result, headline))
             return "verifying"
-        self.store.add_step(incident_id, "note", {"text": "resumed after a restart: diagnosing again"})
-        log.info("incident_resumed", incident=incident_id, target=target, at="diagnosing")
-        self._start(incident_id, self._work_unguarded(incident_id))
+        # Nothing mutating was decided by the host: the remediator takes its pass up again from
+        # the stored steps (the model agent's conversation) and notes where. Instructions given
+        # here while nobody held it are in the steps too: those are the ones it goes by.
+        self._instructions.pop(incident_id, None)
+        log.info("incident_resumed", incident=incident_id, target=target, at="diagnosing", how=how)
+        resume = Resume(headline, tuple(full.get("steps", ())))
+        self._start(incident_id, self._work_unguarded(incident_id, resume=resume))
         return "diagnosing"
 
-    async def _verify_after_restart(self, incident_id: int, target: str, result: RemediationResult) -> None:
+    def _taken_over(self, inc: Mapping[str, Any], holder: str | None, lease_until: float | None) -> bool:
+        """Was ``inc`` held by a process alive after this one started (a takeover), not a restart?
+
+        Its holder's last sign of life is its last lease renewal (``lease_until`` minus the
+        lease) or the incident's last step (a clean stop writes one as it lets go). Later
+        than this process's start: another process ran beside this one and stopped holding
+        it. Earlier: this service was restarted (stopped or killed, then started again).
+        """
+        if holder == self.owner:
+            return False
+        steps = inc.get("steps") or ()
+        alive = max([float(inc.get("opened_at") or 0.0), *(float(x["at"]) for x in steps[-1:])])
+        if holder is not None and lease_until is not None:
+            alive = max(alive, float(lease_until) - self._lease)
+        return alive > self._started_at
+
+    async def _verify_after_restart(
+        self, incident_id: int, target: str, result: RemediationResult, headline: str
+    ) -> None:
         inc = self.store.get_incident(incident_id)
         if inc is None or inc["closed_at"] is not None:
             return
         if inc["state"] != "verifying" and not self._move(
-            incident_id, "verifying", "resumed after a restart", from_state=inc["state"]
+            incident_id, "verifying", headline, from_state=inc["state"]
         ):
             return
         await self._verify_and_close(incident_id, target, result)
@@ -360,12 +404,19 @@ class IncidentManager:
             self._instructions.pop(incident_id, None)
             self._lost.discard(incident_id)
 
-    async def _work_unguarded(self, incident_id: int, previous: tuple[tuple[str, str], ...] = ()) -> None:
+    async def _work_unguarded(
+        self,
+        incident_id: int,
+        previous: tuple[tuple[str, str], ...] = (),
+        *,
+        resume: Resume | None = None,
+    ) -> None:
         """One pass: diagnose and act, then the one verification path.
 
         ``previous`` are the verbs this incident sent that did not bring the VM back, for
         a follow-up pass; a fresh pass (opened, resumed, a person acted) gets none, so a
-        grant may send the same verb again.
+        grant may send the same verb again. ``resume``: the pass was interrupted (stop,
+        crash, lapsed lease) and the remediator takes it up again from the stored steps.
         """
         inc = self.store.get_incident(incident_id)
         assert inc is not None
@@ -413,6 +464,7 @@ class IncidentManager:
             evidence=inc.get("evidence") or {},
             instructions=lambda: self._instructions.pop(incident_id, []),
             previous_verbs=previous,
+            resume=resume,
         )
         budget = self.cfg.agent.wall_clock_seconds + 2 * self.cfg.incidents.verify_timeout_seconds
         try:

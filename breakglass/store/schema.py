@@ -17,7 +17,7 @@ LEDGER_RESULTS = ("ok", "failed", "denied", "dry_run", "unknown")
 # Which state may follow which. Closed states are final.
 ALLOWED: dict[str, frozenset[str]] = {
     "open": frozenset({"diagnosing", "resolved", "escalated", "failed"}),
-    # diagnosing again: an incident resumed after a restart is diagnosed afresh.
+    # diagnosing again: an incident resumed mid-pass takes its pass up again from its steps.
     "diagnosing": frozenset({"diagnosing", "remediating", "verifying", "resolved", "escalated", "failed"}),
     "remediating": frozenset({"diagnosing", "verifying", "resolved", "escalated", "failed"}),
     # verifying -> diagnosing: a power verb did not bring the VM back; the remediator picks the next one.
