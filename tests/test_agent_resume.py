@@ -1,7 +1,8 @@
 """The model's conversation rebuilt from an incident's stored steps (breakglass.agent.resume).
 
 The steps are written to a real store, as the loop and the manager write them,
-and read back as the manager hands them over on a resume.
+and read back as the manager hands them over on a resume; the last test starts
+the real core (real SDK, the fake Messages API, the simulator) on such a store.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_support import agent_core
 
 from breakglass.agent.messages import cached_tools, operator_instruction, tool_output
 from breakglass.agent.resume import INTERRUPTED, CannotRebuild, rebuild
 from breakglass.incidents.context import Instruction
-from breakglass.sim.fake_messages import invalid_request
+from breakglass.sim.fake_messages import Script, invalid_request
 from breakglass.store import Store
+
+__all__ = ["agent_core"]  # the fixture, imported for pytest
 
 FIRST = "An incident is open for devvm (VM 100). Diagnose and repair it."
 LIST_FAILED = {"command": "systemctl --failed --no-pager", "timeout_s": 5}
@@ -234,3 +238,30 @@ def test_steps_that_hold_no_conversation_to_go_on_with_say_why(
     write(s)
     with pytest.raises(CannotRebuild, match=why):
         rebuild(s.steps(), FIRST)
+
+
+def test_turns_stored_by_an_older_version_make_the_model_diagnose_afresh_and_the_note_says_why(
+    agent_core: Any, tmp_path: Path
+) -> None:
+    script = Script(
+        {"name": "older", "turns": [{"content": [{"type": "text", "text": "Found: fine.\nDid: nothing."}]}]}
+    )
+    # An incident a stopped watchdog of an older version left mid-conversation: turns without numbers.
+    store = Store(tmp_path / "older.db")
+    left, _ = store.open_incident("devvm", "manual", "builds feel slow", "viktor", {})
+    assert store.transition(left, "diagnosing", "agent diagnosing")
+    store.add_step(left, "usage", {"input_tokens": 9, "output_tokens": 9, "stop_reason": "tool_use"})
+    store.add_step(left, "tool_call", {"id": "t1", "name": "pve", "input": {"verb": "status"}})
+    store.close()
+
+    r, fake = agent_core(script)
+    done = r.wait_closed(left, within=60)
+
+    assert done["state"] == "resolved"
+    assert [i["id"] for i in r.incidents()] == [left]
+    notes = [s["data"]["text"] for s in done["steps"] if s["kind"] == "note"]
+    why = "its turns were stored without turn numbers (an older version)"
+    assert f"resumed after a restart: the model diagnoses afresh: {why}" in notes
+    # A fresh conversation: the opening message alone, numbered from turn 1.
+    assert [len(req["messages"]) for req in fake.requests] == [1]
+    assert [s["data"].get("turn") for s in done["steps"] if s["kind"] == "usage"] == [None, 1]
