@@ -52,6 +52,9 @@ class ProbeSettings(_Model):
     jitter_seconds: float = Field(0.0, ge=0)
     connect_timeout_seconds: float = Field(5.0, gt=0)
     command_timeout_seconds: float = Field(5.0, gt=0)
+    # The Proxmox host's status and forensics: on a wedged QEMU the forced command waits
+    # out its QMP timeout, then asks `qm list` (deploy/pve/breakglass-verbs, 7 s at most).
+    status_timeout_seconds: float = Field(8.0, gt=0)
     round_timeout_seconds: float = Field(9.0, gt=0)
     output_cap_bytes: int = Field(65536, ge=1024)
     keepalive_seconds: float = Field(30.0, ge=0)
@@ -61,6 +64,8 @@ class ProbeSettings(_Model):
     def _round_covers_commands(self) -> ProbeSettings:
         if self.round_timeout_seconds < self.connect_timeout_seconds:
             raise ValueError("round_timeout_seconds must be >= connect_timeout_seconds")
+        if self.round_timeout_seconds < self.status_timeout_seconds:
+            raise ValueError("round_timeout_seconds must be >= status_timeout_seconds")
         return self
 
 

@@ -88,7 +88,7 @@ class Core:
                 pve=PveClient(
                     t.pve,
                     connect_timeout=p.connect_timeout_seconds,
-                    command_timeout=p.command_timeout_seconds,
+                    status_timeout=p.status_timeout_seconds,
                     power_timeout=cfg.budget.verb_timeout_seconds,
                     output_cap=p.output_cap_bytes,
                 ),

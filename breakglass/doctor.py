@@ -193,7 +193,9 @@ async def pve_checks(cfg: Config, target: Target) -> list[Check]:
     try:
         async with _ssh(ep, cfg).session() as s:
             checks = _reach_checks("pve", ep, None)
-            status_check, agent_check = await _status_checks(s, vmid, install, status_what, agent_what)
+            status_check, agent_check = await _status_checks(
+                s, vmid, install, status_what, agent_what, cfg.probe.status_timeout_seconds
+            )
             checks.append(status_check)
             checks.append(await _reject_check(s, install, reject_what))
             checks.append(agent_check)
@@ -205,14 +207,14 @@ async def pve_checks(cfg: Config, target: Target) -> list[Check]:
 
 
 async def _status_checks(
-    s: DevvmSession, vmid: int, install: str, what: str, agent_what: str
+    s: DevvmSession, vmid: int, install: str, what: str, agent_what: str, limit: float
 ) -> tuple[Check, Check]:
-    r = await s.run(Verb.STATUS.value)
+    r = await s.run(Verb.STATUS.value, timeout=limit)
     said = (r.stderr.strip() or r.stdout.strip())[:200]
     needs = Check(agent_what, None, "needs the status answer")
     if r.timed_out:
         return Check(what, False, "no answer in time", "run `qm status VMID --verbose` on the host and "
-                     "see what hangs; raise probe.command_timeout_seconds if it is only slow"), needs
+                     "see what hangs; raise probe.status_timeout_seconds if it is only slow"), needs
     if r.exit_status == 127 or "command not found" in said:
         return Check(what, False, f"a shell answered, not the forced command: {said}", install), needs
     if r.exit_status != 0:

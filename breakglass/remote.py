@@ -607,15 +607,16 @@ class PveClient:
         endpoint: SshEndpoint,
         *,
         connect_timeout: float,
-        command_timeout: float,
+        status_timeout: float,
         power_timeout: float | None = None,
         output_cap: int = DEFAULT_OUTPUT_CAP,
     ) -> None:
         self.endpoint = endpoint
         self.connect_timeout = connect_timeout
-        self.command_timeout = command_timeout
+        # status and forensics: on a wedged QEMU the host waits out QMP, then asks `qm list`.
+        self.status_timeout = status_timeout
         # A real cycle (qm stop, then qm start) takes far longer than a status query.
-        self.power_timeout = power_timeout or command_timeout
+        self.power_timeout = power_timeout or status_timeout
         self.output_cap = output_cap
 
     async def run(self, verb: Verb) -> CommandResult:
@@ -627,13 +628,13 @@ class PveClient:
         shell = DevvmShell(
             self.endpoint,
             connect_timeout=self.connect_timeout,
-            command_timeout=self.power_timeout if verb in POWER_VERBS else self.command_timeout,
+            command_timeout=self.power_timeout if verb in POWER_VERBS else self.status_timeout,
             output_cap=self.output_cap,
         )
         return await shell.run(verb.value)
 
     async def _json_verb(self, verb: Verb) -> dict[str, Any]:
-        return verb_json(self.endpoint, verb, await self.run(verb), self.command_timeout)
+        return verb_json(self.endpoint, verb, await self.run(verb), self.status_timeout)
 
     async def status(self) -> PveStatus:
         """Ask the host for the VM's status."""

@@ -195,7 +195,7 @@ def test_the_core_loop_lag_stays_under_100_ms_while_grep_runs_a_hostile_regex(
         target=target,
         config=cfg,
         shell=DevvmShell(target.devvm, connect_timeout=1, command_timeout=1),
-        pve=PveClient(target.pve, connect_timeout=p.connect_timeout_seconds, command_timeout=1),
+        pve=PveClient(target.pve, connect_timeout=p.connect_timeout_seconds, status_timeout=1),
         power=_no_power,
         record=lambda kind, data: None,
         latest=None,

@@ -127,6 +127,9 @@ BROKEN = [
     ("targets[0].pve.hostt", "x", "Extra inputs are not permitted"),
     ("probe.interval_seconds", 0, "greater than 0"),
     ("probe.round_timeout_seconds", 1, "round_timeout_seconds must be >= connect_timeout_seconds"),
+    ("probe.status_timeout_seconds", 0, "greater than 0"),
+    ("probe.status_timeout_seconds", "slow", "valid number"),
+    ("probe.status_timeout_seconds", 12, "round_timeout_seconds must be >= status_timeout_seconds"),
     ("rules.mem_available_ratio", 3, "less than 1"),
     ("budget.max_actions", -1, "greater than or equal to 0"),
     ("budget.dry_run", "perhaps", "valid boolean"),
@@ -147,8 +150,8 @@ def test_a_broken_config_exits_2_naming_the_file_and_key(
     out = run_check(path)
     assert out.returncode == 2
     shown = key.split(".")[0] if key == "unknown_section" else key
-    if key == "probe.round_timeout_seconds" or key == "web.auth.mode":
-        shown = key.rsplit(".", 1)[0]
+    if message.startswith("round_timeout_seconds must") or key == "web.auth.mode":
+        shown = key.rsplit(".", 1)[0]  # a check across keys names their section
     assert f"{path}: {shown}" in out.stderr, out.stderr
     assert message in out.stderr, out.stderr
     assert "Traceback" not in out.stderr

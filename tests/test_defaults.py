@@ -19,6 +19,7 @@ from breakglass.watchdog.rules import TargetState, evaluate
 PROBE = ProbeSettings()
 RULES = RuleSettings()
 STOCK_SECONDS = 99.0  # the stock Prometheus path's fastest measured detection (issue 13)
+STALLED_ROUND_SECONDS = max(PROBE.connect_timeout_seconds, PROBE.status_timeout_seconds)
 
 
 def reading(at: float, stalled: bool, loaded: bool) -> Readings:
@@ -48,9 +49,10 @@ def first_fire(
         stalled = any(s <= t < s + d for s, d in stalls)
         loaded = any(s <= t < s + d for s, d in spikes)
         ev = evaluate(state, reading(t, stalled, loaded), RULES, t)
-        # The round's verdict is known when the round ends: a hung login ends at the connect timeout.
+        # The round's verdict is known when the round ends, once both sides answered: a hung login
+        # ends at the connect timeout, the host's status of the wedged QEMU at its timeout at most.
         if ev.fired:
-            return t + (PROBE.connect_timeout_seconds if stalled else 0.0)
+            return t + (STALLED_ROUND_SECONDS if stalled else 0.0)
         state = ev.state
         k += 1
     return None
@@ -77,5 +79,5 @@ def test_a_stall_that_lasts_is_detected_within_0_4x_the_stock_pipeline(phase: fl
 
 
 def test_the_defaults_keep_a_hung_round_inside_its_slot() -> None:
-    assert PROBE.round_timeout_seconds < PROBE.interval_seconds
+    assert STALLED_ROUND_SECONDS <= PROBE.round_timeout_seconds < PROBE.interval_seconds
     assert PROBE.jitter_seconds == 0.0

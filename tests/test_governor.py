@@ -28,7 +28,7 @@ from breakglass.store import Store
 
 def pve_for(sim: SimHandle) -> PveClient:
     t = sim.config.targets[0]
-    return PveClient(t.pve, connect_timeout=2, command_timeout=5)
+    return PveClient(t.pve, connect_timeout=2, status_timeout=5)
 
 
 def budget(**kw: float | bool) -> BudgetSettings:
@@ -110,7 +110,7 @@ def test_the_ledger_row_is_committed_before_the_verb_is_sent(
     sim: SimHandle, store: Store, clock: FakeClock, tmp_path: Path
 ) -> None:
     t = sim.config.targets[0]
-    pve = CheckingPve(t.pve, connect_timeout=2, command_timeout=5)
+    pve = CheckingPve(t.pve, connect_timeout=2, status_timeout=5)
     pve.db = tmp_path / "store.db"  # type: ignore[attr-defined]
     gov = Governor(store, budget(), clock=clock)
     inc, _ = store.open_incident("devvm", "rule", "r", "w", {})
@@ -239,7 +239,7 @@ CLAIMER = textwrap.dedent(
     from breakglass.store import Store
     config, db, incident, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     t = load_config(config).targets[0]
-    pve = PveClient(t.pve, connect_timeout=5, command_timeout=10)
+    pve = PveClient(t.pve, connect_timeout=5, status_timeout=10)
     store = Store(db)
     gov = Governor(store, BudgetSettings(max_actions=1, window_seconds=3600, min_gap_seconds=0))
     open(f"{go}.{os.getpid()}", "w").close()  # ready

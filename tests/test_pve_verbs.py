@@ -32,6 +32,7 @@ FAST = {
     "BREAKGLASS_VERBS_QMP_TIMEOUT": "1.0",
     "BREAKGLASS_VERBS_AGENT_TIMEOUT": "1.0",
     "BREAKGLASS_VERBS_QM_TIMEOUT": "5",
+    "BREAKGLASS_VERBS_LIST_TIMEOUT": "3",
     "BREAKGLASS_VERBS_STOP_TIMEOUT": "5",
     "BREAKGLASS_VERBS_START_TIMEOUT": "5",
     "BREAKGLASS_VERBS_EXIT_TIMEOUT": "0.5",
@@ -249,6 +250,35 @@ def test_a_qmp_timeout_is_reported_as_qmp_unresponsive_within_the_timeout(host: 
     }
     assert got["guest_agent"] == {"ok": False, "error": "guest agent not responding"}
     assert ["list"] in host.argvs()
+
+
+def test_a_status_answers_within_the_qmp_and_list_timeouts_when_qm_list_hangs_too(host: Host) -> None:
+    env = {**host.env("status", "qmp_timeout"), "FAKE_QM_LIST_SECONDS": "60",
+           "BREAKGLASS_VERBS_LIST_TIMEOUT": "1.0"}
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-I", str(SCRIPT), "102"], env=env, capture_output=True,
+                          text=True, timeout=30, check=False)
+    elapsed = time.monotonic() - started
+    got = json.loads(proc.stdout)
+    assert proc.returncode == 0
+    # QMP_TIMEOUT (1 s here) then LIST_TIMEOUT (1 s here), not the 5 s of the other qm calls.
+    assert elapsed < 4.0
+    assert (got["status"], got["pid"], got["uptime_seconds"]) == ("unknown", None, None)
+    assert got["qmp"]["ok"] is False
+    assert got["qmp"]["error"] == "QMP query-status timed out after 1s"
+
+
+def test_the_longest_status_fits_the_watchdogs_status_timeout_and_the_simulators_figure() -> None:
+    from breakglass.config import ProbeSettings
+    from breakglass.sim.vm import REAL_HOST_WEDGED_STATUS_SECONDS
+
+    script = load_script()
+    # QMP and the guest agent side by side, then `qm list` when QMP timed out.
+    longest = max(script.QMP_TIMEOUT, script.AGENT_TIMEOUT) + script.LIST_TIMEOUT
+    assert longest == REAL_HOST_WEDGED_STATUS_SECONDS
+    # A second for sshd, the interpreter's start-up and the answer's way back.
+    settings = ProbeSettings()
+    assert longest + 1.0 <= settings.status_timeout_seconds <= settings.round_timeout_seconds
 
 
 def test_a_dead_guest_agent_is_reported_in_qms_own_words(host: Host) -> None:

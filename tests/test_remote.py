@@ -77,7 +77,7 @@ BAD_VERBS = [
 @pytest.mark.parametrize("bad", BAD_VERBS)
 def test_pve_client_refuses_anything_but_a_verb_before_connecting(bad, silent_listener, tmp_path):
     port = silent_listener.getsockname()[1]
-    client = PveClient(endpoint_at(port, tmp_path), connect_timeout=1, command_timeout=1)
+    client = PveClient(endpoint_at(port, tmp_path), connect_timeout=1, status_timeout=1)
     with pytest.raises(ValueError, match="not a Proxmox verb"):
         asyncio.run(client.run(bad))
     assert_nothing_connected(silent_listener)
@@ -188,7 +188,7 @@ def shell(ep: SshEndpoint, **kw) -> DevvmShell:
 
 
 def pve_client(ep: SshEndpoint, **kw) -> PveClient:
-    opts = {"connect_timeout": 1.0, "command_timeout": 2.0, **kw}
+    opts = {"connect_timeout": 1.0, "status_timeout": 2.0, **kw}
     return PveClient(ep, **opts)
 
 

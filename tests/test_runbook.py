@@ -75,7 +75,7 @@ def remediate(
         target.devvm, connect_timeout=p.connect_timeout_seconds, command_timeout=p.command_timeout_seconds
     )
     pve = PveClient(
-        target.pve, connect_timeout=p.connect_timeout_seconds, command_timeout=p.command_timeout_seconds
+        target.pve, connect_timeout=p.connect_timeout_seconds, status_timeout=p.status_timeout_seconds
     )
     governor = Governor(store, cfg.budget)
     incident, _ = store.open_incident(

@@ -236,8 +236,9 @@ async def _run_pve(box: Toolbox, args: dict[str, Any]) -> ToolResult:
 
 def _pve_deadline(ctx: RemediationContext, args: dict[str, Any]) -> float:
     p, b = ctx.config.probe, ctx.config.budget
-    # evidence (login, status, forensics), the Governor's forensics, then the verb itself
-    return 4 * p.connect_timeout_seconds + 4 * p.command_timeout_seconds + b.verb_timeout_seconds + 10
+    # evidence (login and `true`, status, forensics), the Governor's forensics, then the verb itself
+    reads = 3 * p.status_timeout_seconds
+    return 6 * p.connect_timeout_seconds + reads + b.verb_timeout_seconds + 10
 
 
 def _pve_mutates(args: dict[str, Any]) -> bool:

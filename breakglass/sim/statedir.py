@@ -30,6 +30,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "jitter_seconds": 0.0,
             "connect_timeout_seconds": 1.0,
             "command_timeout_seconds": 2.0,
+            "status_timeout_seconds": 2.0,
             "round_timeout_seconds": 4.0,
         },
         "rules": {

@@ -20,7 +20,9 @@ from breakglass.sim import catalog, faults, pve
 from breakglass.sim.guest import Guest
 from breakglass.sim.shell import ExecResult, Session
 
-__all__ = ["FAULTS", "MISCONFIGS", "ExecResult", "HostView", "SimTiming", "SimVM"]
+__all__ = [
+    "FAULTS", "MISCONFIGS", "REAL_HOST_WEDGED_STATUS_SECONDS", "ExecResult", "HostView", "SimTiming", "SimVM",
+]
 
 FAULTS: tuple[str, ...] = (
     "io_stall", "guest_hang", "vm_stopped", "unit_failed", "disk_full", "memory_hog",
@@ -41,6 +43,10 @@ _GUEST_FAULTS = frozenset({"unit_failed", "memory_hog", "sshd_dead", "load_spike
 _DISK_FULL_RATIO = 0.90
 _HANG_POLL_SECONDS = 0.05
 FORENSICS_KEPT = 20
+# How long a real Proxmox host's `status` takes on a wedged QEMU at most: the forced
+# command's QMP timeout, then `qm list` (deploy/pve/breakglass-verbs: QMP_TIMEOUT +
+# LIST_TIMEOUT). A qmp_timeout_seconds for tests that must see a real host's wait.
+REAL_HOST_WEDGED_STATUS_SECONDS = 7.0
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,7 @@ class SimTiming:
     stop_seconds: float
     command_latency_seconds: float
     slow_latency_seconds: float
-    qmp_timeout_seconds: float
+    qmp_timeout_seconds: float  # how long status and forensics take while QMP is wedged (io_stall)
     hang_seconds: float
     load_spike_seconds: float
 

@@ -201,7 +201,7 @@ class ProbeLinks:
 
     async def status(self) -> PveStatus:
         """The Proxmox host's ``status`` over the kept host connection."""
-        timeout = self.settings.command_timeout_seconds
+        timeout = self.settings.status_timeout_seconds
         result = await self.pve.run(Verb.STATUS.value, timeout)
         return status_from_dict(verb_json(self.pve.endpoint, Verb.STATUS, result, timeout))
 
