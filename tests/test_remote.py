@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import socket
 import time
+from typing import ClassVar
 
 import asyncssh
+import asyncssh.logging
+import asyncssh.packet
 import pytest
 
 from breakglass import remote
@@ -424,3 +428,77 @@ def test_a_client_key_file_replaced_in_place_is_read_again(sim, tmp_path, monkey
     assert info.value.kind == "auth"
     key.write_bytes(real.key_file.read_bytes())
     assert asyncio.run(shell(ep).run("true")).ok
+
+
+# asyncssh's log lines: formatted only when a logger wants them, written as before when it does.
+
+
+class _Noted:
+    """An argument that notes when it is turned into text."""
+
+    def __init__(self, seen: list[str]) -> None:
+        self.seen = seen
+
+    def __str__(self) -> str:
+        self.seen.append("str")
+        return "noted"
+
+
+class _Payload(bytes):
+    """A packet that notes when its size is taken (the packet summary's first step)."""
+
+    seen: ClassVar[list[str]] = []
+
+    def __len__(self) -> int:
+        self.seen.append("len")
+        return super().__len__()
+
+
+class _Handler(asyncssh.packet.SSHPacketLogger):
+    _handler_names: ClassVar[dict[int, str]] = {20: "MSG_KEXINIT"}
+
+    @property
+    def logger(self) -> asyncssh.logging.SSHLogger:
+        return asyncssh.logging.logger
+
+
+@pytest.fixture
+def asyncssh_level(monkeypatch):
+    """Set the asyncssh logger's level (and asyncssh's debug level) for one test."""
+    pkg = logging.getLogger("asyncssh")
+    before = pkg.level
+
+    def set_level(level: int, debug_level: int = 1) -> None:
+        pkg.setLevel(level)
+        monkeypatch.setattr(asyncssh.logging.SSHLogger, "_debug_level", debug_level)
+
+    yield set_level
+    pkg.setLevel(before)
+
+
+def test_an_asyncssh_line_below_the_level_is_not_formatted(asyncssh_level):
+    asyncssh_level(logging.WARNING, debug_level=3)
+    seen: list[str] = []
+    asyncssh.logging.logger.info("opening %s", [_Noted(seen)])
+    _Payload.seen = seen
+    _Handler().log_sent_packet(20, None, _Payload(b"abc"))
+    assert seen == []
+
+
+def test_a_packet_is_not_summarised_below_debug_level_three(asyncssh_level):
+    asyncssh_level(logging.DEBUG, debug_level=2)
+    seen: list[str] = []
+    _Payload.seen = seen
+    _Handler().log_sent_packet(20, None, _Payload(b"abc"))
+    assert seen == []
+
+
+def test_wanted_asyncssh_lines_are_written_as_before(sim, asyncssh_level, caplog):
+    asyncssh_level(logging.DEBUG, debug_level=3)
+    ep = sim.config.targets[0].devvm
+    with caplog.at_level(logging.DEBUG, logger="asyncssh"):
+        assert asyncio.run(shell(ep).run("true")).ok
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"Opening SSH connection to {ep.host}, port {ep.port}" in text
+    assert re.search(r"Sent MSG_KEXINIT \(20\), \d+ bytes", text)
+    assert re.search(r"Received MSG_USERAUTH_SUCCESS \(52\), 1 byte", text)
