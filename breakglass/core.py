@@ -250,6 +250,10 @@ class Core:
         rt = self.targets[readings.target]
         self._pending.append(readings)
         self.metrics.observe_readings(readings)
+        # Alerts the cooldown held back are delivered on the first round after it ends.
+        self.manager.release_deferred(
+            readings.target, {"conditions": list(rt.conditions), "readings": readings.to_dict()}
+        )
         if self._inconclusive(readings):
             # Stored and shown, but the rules neither count it nor reset on it.
             await self.feed.publish(readings)

@@ -71,6 +71,8 @@ class TriggerResult:
     created: bool
     suppressed: str | None = None  # "silenced" or "cooldown" when nothing was opened
     duplicate: bool = False  # a copy of an alert already delivered to the active incident
+    # A firing alert the cooldown held back: kept in the store, delivered at this time.
+    deferred_until: float | None = None
 
 
 def process_owner() -> str:
@@ -120,12 +122,18 @@ class IncidentManager:
 
     def suppression(self, target: str) -> str | None:
         """Why an automatic trigger for ``target`` would open nothing now, if it would not."""
+        held = self._held_back(target)
+        return held[0] if held is not None else None
+
+    def _held_back(self, target: str) -> tuple[str, float] | None:
+        """``(why, until)`` when an automatic trigger for ``target`` would open nothing now."""
         now = self._clock()
-        if self.store.active_silence(target, now) is not None:
-            return "silenced"
+        silence = self.store.active_silence(target, now)
+        if silence is not None:
+            return "silenced", float(silence["expires_at"])
         closed = self.store.last_closed_at(target)
         if closed is not None and now < closed + self.cfg.incidents.cooldown_seconds:
-            return "cooldown"
+            return "cooldown", closed + self.cfg.incidents.cooldown_seconds
         return None
 
     async def trigger(
@@ -156,10 +164,18 @@ class IncidentManager:
         if authorize_power:
             evidence[POWER_AUTHORIZED_BY] = who
         if trigger not in MANUAL_TRIGGERS and self.store.active_incident(target) is None:
-            why = self.suppression(target)
-            if why is not None:
-                log.debug("trigger_suppressed", target=target, trigger=trigger, why=why)
-                return TriggerResult(None, False, why)
+            held = self._held_back(target)
+            if held is not None and held[0] == "cooldown" and alert is not None:
+                # Alertmanager would send it again only at its repeat_interval (hours): it
+                # waits in the store and is delivered when the cooldown ends.
+                until = self.store.defer_alert(target, alert, trigger, reason, who, evidence, held[1])
+                log.info(
+                    "alert_deferred", target=target, fingerprint=alert, why="cooldown", until=_iso(until)
+                )
+                return TriggerResult(None, False, "cooldown", deferred_until=until)
+            if held is not None:
+                log.debug("trigger_suppressed", target=target, trigger=trigger, why=held[0])
+                return TriggerResult(None, False, held[0])
         if alert is not None:
             incident_id, outcome = self.store.open_incident_for_alert(
                 target, alert, trigger, reason, who, evidence, owner=self.owner, lease_seconds=self._lease
@@ -172,15 +188,60 @@ class IncidentManager:
                 target, trigger, reason, who, evidence, owner=self.owner, lease_seconds=self._lease
             )
         if created:
-            log.info("incident_opened", incident=incident_id, target=target, trigger=trigger, who=who)
-            self.observers.emit("opened", {"incident": incident_id, "target": target, "trigger": trigger})
-            self._start(incident_id, self._work_unguarded(incident_id))
+            self._opened(incident_id, target, trigger, who)
         elif trigger in MANUAL_TRIGGERS:
             # A person acting on an escalated incident: work it again, with what they said.
             self.resume(incident_id, f"{who} triggered it again: {reason}", by_person=True)
         else:
             self.observers.emit("attached", {"incident": incident_id, "target": target, "trigger": trigger})
         return TriggerResult(incident_id, created)
+
+    def _opened(self, incident_id: int, target: str, trigger: str, who: str) -> None:
+        log.info("incident_opened", incident=incident_id, target=target, trigger=trigger, who=who)
+        self.observers.emit("opened", {"incident": incident_id, "target": target, "trigger": trigger})
+        self._start(incident_id, self._work_unguarded(incident_id))
+
+    def release_deferred(self, target: str, evidence: dict[str, Any] | None = None) -> list[TriggerResult]:
+        """Deliver ``target``'s alerts whose cooldown has ended (each probe round asks); what became of them.
+
+        Delivered as if they had just arrived: the first opens an incident, the rest
+        attach to it (or all attach to an incident already active). While a person's
+        silence holds, they are dropped; a newer close's cooldown keeps them waiting.
+        ``evidence`` (the round's conditions and readings) fills what the alert lacks.
+        """
+        now = self._clock()
+        if not self.store.deferred_due(target, now):
+            return []
+        if self.store.active_incident(target) is None:
+            held = self._held_back(target)
+            if held is not None and held[0] == "silenced":
+                dropped = self.store.drop_deferred_alerts(target)
+                log.info("deferred_alerts_dropped", target=target, fingerprints=dropped, why="silenced")
+                return []
+            if held is not None:
+                return []  # another incident closed meanwhile: its cooldown holds them too
+        results = []
+        for incident_id, outcome, row in self.store.release_deferred_alerts(
+            target, now, extra_evidence=evidence, owner=self.owner, lease_seconds=self._lease
+        ):
+            log.info(
+                "alert_released",
+                target=target,
+                fingerprint=row["fingerprint"],
+                incident=incident_id,
+                outcome=outcome,
+                deferred_at=_iso(row["at"]),
+            )
+            if outcome == "opened":
+                self._opened(incident_id, target, str(row["trigger"]), str(row["who"]))
+            elif outcome == "attached":
+                self.observers.emit(
+                    "attached", {"incident": incident_id, "target": target, "trigger": row["trigger"]}
+                )
+            results.append(
+                TriggerResult(incident_id, outcome == "opened", duplicate=outcome == "duplicate")
+            )
+        return results
 
     def instruct(self, incident_id: int, who: str, text: str) -> int:
         """Add a person's instruction to an active incident; its step id.

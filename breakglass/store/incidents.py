@@ -23,6 +23,9 @@ _DUPLICATE_SQL = (
     f" FROM incidents i WHERE i.target = ? AND {ACTIVE_WHERE}"
 )
 
+# A firing alert held back by the cooldown (schema 5) is done with once delivered or resolved.
+_UNDEFER_SQL = "DELETE FROM deferred_alerts WHERE target = ? AND fingerprint = ?"
+
 
 def _active_id(conn: sqlite3.Connection, target: str) -> int | None:
     row = conn.execute(_ACTIVE_ROW_SQL, (target,)).fetchone()
@@ -87,23 +90,140 @@ class IncidentRecords(Database):
         alert firing again opens a new one.
         """
         with self._tx() as conn:
-            active = _active_id(conn, target)
-            if active is not None and _last_delivery(conn, active, fingerprint) == "firing":
-                return active, "duplicate"
-            incident_id, created = self._open(
-                conn, target, trigger, reason, who, evidence, (owner, lease_seconds)
+            return self._deliver_firing(
+                conn, target, fingerprint, trigger, reason, who, evidence, (owner, lease_seconds)
             )
-            _deliver(conn, incident_id, fingerprint, "firing", self.clock())
-            return incident_id, "opened" if created else "attached"
+
+    def _deliver_firing(
+        self,
+        conn: sqlite3.Connection,
+        target: str,
+        fingerprint: str,
+        trigger: str,
+        reason: str,
+        who: str,
+        evidence: dict[str, Any],
+        lease: tuple[str | None, float],
+    ) -> tuple[int, str]:
+        # Delivered now: a deferral of the same alert is done with, in the same transaction.
+        conn.execute(_UNDEFER_SQL, (target, fingerprint))
+        active = _active_id(conn, target)
+        if active is not None and _last_delivery(conn, active, fingerprint) == "firing":
+            return active, "duplicate"
+        incident_id, created = self._open(conn, target, trigger, reason, who, evidence, lease)
+        _deliver(conn, incident_id, fingerprint, "firing", self.clock())
+        return incident_id, "opened" if created else "attached"
+
+    # -- alerts deferred by the cooldown ---------------------------------
+
+    def defer_alert(
+        self,
+        target: str,
+        fingerprint: str,
+        trigger: str,
+        reason: str,
+        who: str,
+        evidence: dict[str, Any],
+        until: float,
+    ) -> float:
+        """Remember a firing alert the cooldown holds back until ``until``; the time it waits for.
+
+        A copy of an alert already deferred keeps its place (and its first evidence); a
+        later ``until`` (a newer close) moves it. See :meth:`release_deferred_alerts`.
+        """
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO deferred_alerts "
+                "(target, fingerprint, trigger, reason, who, evidence, at, until) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (target, fingerprint) "
+                "DO UPDATE SET until = MAX(until, excluded.until)",
+                (target, fingerprint, trigger, reason, who, dumps(evidence), self.clock(), until),
+            )
+            row = conn.execute(
+                "SELECT until FROM deferred_alerts WHERE target = ? AND fingerprint = ?",
+                (target, fingerprint),
+            ).fetchone()
+            return float(row["until"])
+
+    def deferred_alerts(self, target: str | None = None) -> list[dict[str, Any]]:
+        """Alerts waiting for a cooldown to end (of ``target``, or all), soonest first."""
+        where, args = ("", []) if target is None else (" WHERE target = ?", [target])
+        rows = self._conn().execute(f"SELECT * FROM deferred_alerts{where} ORDER BY until, id", args)  # noqa: S608
+        return [{**dict(r), "evidence": loads(r["evidence"])} for r in rows]
+
+    def deferred_due(self, target: str, now: float) -> bool:
+        """True when an alert deferred for ``target`` has waited until ``now`` (read-only, indexed)."""
+        row = (
+            self._conn()
+            .execute("SELECT 1 FROM deferred_alerts WHERE target = ? AND until <= ? LIMIT 1", (target, now))
+            .fetchone()
+        )
+        return row is not None
+
+    def drop_deferred_alerts(self, target: str) -> list[str]:
+        """Forget every alert deferred for ``target`` (a person silenced it); their fingerprints."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "DELETE FROM deferred_alerts WHERE target = ? RETURNING fingerprint", (target,)
+            ).fetchall()
+            return sorted(str(r["fingerprint"]) for r in rows)
+
+    def release_deferred_alerts(
+        self,
+        target: str,
+        now: float,
+        *,
+        extra_evidence: dict[str, Any] | None = None,
+        owner: str | None = None,
+        lease_seconds: float = 0.0,
+    ) -> list[tuple[int, str, dict[str, Any]]]:
+        """Deliver the alerts deferred for ``target`` whose wait ended by ``now``, oldest first.
+
+        In one transaction each is delivered as :meth:`open_incident_for_alert` would (the
+        first opens an incident, the rest attach to it) and its deferral deleted: a crash
+        leaves either both or neither. ``extra_evidence`` fills keys the alert's own
+        evidence lacks. Returns ``(incident id, outcome, deferred row)`` for each.
+        """
+        out: list[tuple[int, str, dict[str, Any]]] = []
+        with self._tx() as conn:
+            rows = [
+                dict(r)
+                for r in conn.execute(
+                    "SELECT * FROM deferred_alerts WHERE target = ? AND until <= ? ORDER BY at, id",
+                    (target, now),
+                )
+            ]
+            for row in rows:
+                evidence = {**(extra_evidence or {}), **loads(row["evidence"])}
+                evidence["deferred"] = {"at": row["at"], "until": row["until"]}
+                incident_id, outcome = self._deliver_firing(
+                    conn,
+                    target,
+                    str(row["fingerprint"]),
+                    str(row["trigger"]),
+                    str(row["reason"]),
+                    str(row["who"]),
+                    evidence,
+                    (owner, lease_seconds),
+                )
+                out.append((incident_id, outcome, row))
+        return out
 
     def record_alert_resolved(
         self, target: str, fingerprint: str, data: dict[str, Any]
     ) -> tuple[int | None, str]:
-        """Record a resolved alert on the active incident: ``(id, recorded|duplicate|no_active_incident)``."""
+        """Record a resolved alert on the active incident: ``(id, outcome)``.
+
+        The outcome is ``recorded``, ``duplicate``, ``no_active_incident``, or
+        ``deferral_cancelled`` when no incident is active but the alert was waiting for
+        the cooldown to end: that deferral is deleted and opens nothing.
+        """
         with self._tx() as conn:
+            # It stopped firing: a deferral of it (waiting for the cooldown) opens nothing now.
+            cancelled = conn.execute(_UNDEFER_SQL, (target, fingerprint)).rowcount
             active = _active_id(conn, target)
             if active is None:
-                return None, "no_active_incident"
+                return None, "deferral_cancelled" if cancelled else "no_active_incident"
             if _last_delivery(conn, active, fingerprint) == "resolved":
                 return active, "duplicate"
             now = self.clock()

@@ -146,4 +146,22 @@ MIGRATIONS: list[str] = [
     ALTER TABLE incidents ADD COLUMN owner TEXT;
     ALTER TABLE incidents ADD COLUMN lease_until REAL;
     """,
+    # 5: a firing alert that arrives while the cooldown after a close holds is deferred,
+    # not dropped (Alertmanager would re-send it only at its repeat_interval): it waits
+    # here until the cooldown ends, then opens an incident unless its resolve arrived.
+    """
+    CREATE TABLE deferred_alerts (
+        id INTEGER PRIMARY KEY,
+        target TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        who TEXT NOT NULL,
+        evidence TEXT NOT NULL DEFAULT '{}',
+        at REAL NOT NULL,
+        until REAL NOT NULL,
+        UNIQUE (target, fingerprint)
+    );
+    CREATE INDEX deferred_alerts_due ON deferred_alerts (target, until);
+    """,
 ]

@@ -10,8 +10,10 @@ each notification more than once. So:
   incident it opened, or the step it attached), so a delivery that fails is
   a 5xx that recorded nothing, and Alertmanager's retry counts;
 - copies are duplicates only while the incident they went to is active: the
-  same alert firing after that incident closed (and the cooldown passed)
-  opens a new one.
+  same alert firing after that incident closed opens a new one; inside the
+  cooldown after the close it is deferred (kept in the store, answered
+  ``deferred`` with the time the cooldown ends) and opens one then, unless its
+  ``resolved`` arrives first or a person silences the target.
 """
 
 from __future__ import annotations
@@ -156,6 +158,7 @@ def alertmanager() -> Any:
         "opened": sorted({r["incident_id"] for r in results if r.get("outcome") == "opened"}),
         "attached": sorted({r["incident_id"] for r in results if r.get("outcome") == "attached"}),
         "duplicates": sum(1 for r in results if r.get("outcome") == "duplicate"),
+        "deferred": sum(1 for r in results if r.get("outcome") == "deferred"),
         "unknown_targets": sorted(
             {str(r.get("label_value")) for r in results if r.get("outcome") == "unknown_target"}
         ),
@@ -168,6 +171,7 @@ def alertmanager() -> Any:
         opened=summary["opened"],
         attached=summary["attached"],
         duplicates=summary["duplicates"],
+        deferred=summary["deferred"],
     )
     return jsonify(summary)
 
@@ -184,6 +188,14 @@ def _apply(alert: Alert, target: str) -> dict[str, Any]:
             evidence=_evidence(alert),
             alert=alert.fingerprint,
         )
+        if res.deferred_until is not None:
+            # Held back by the cooldown, kept in the store: delivered when it ends.
+            return {
+                "outcome": "deferred",
+                "incident_id": None,
+                "why": res.suppressed,
+                "until": res.deferred_until,
+            }
         if res.incident_id is None:
             return {"outcome": "suppressed", "incident_id": None, "why": res.suppressed}
         if res.duplicate:
