@@ -101,3 +101,20 @@ def test_the_running_core_prunes_on_its_schedule(sim: SimHandle, tmp_path: Path)
         )
     finally:
         r.stop()
+
+
+def test_every_prune_batch_reads_through_an_index_the_last_short_one_too(
+    store: Store, clock: FakeClock
+) -> None:
+    store.add_readings_many(
+        [healthy_readings(name, clock.now + i) for i in range(2500) for name in ("devvm", "other")]
+    )
+    seen: list[str] = []
+    store._conn().set_trace_callback(seen.append)
+    assert store.prune_readings(clock.now + 2100, batch=1000) == 4200  # 1000 x 4, then 200
+    store._conn().set_trace_callback(None)
+    reads = [s for s in seen if s.lstrip().upper().startswith(("SELECT", "DELETE"))]
+    assert len([s for s in reads if s.lstrip().upper().startswith("SELECT")]) == 5
+    for statement in reads:
+        plan = [row[3] for row in store._conn().execute(f"EXPLAIN QUERY PLAN {statement}")]
+        assert not [step for step in plan if step.startswith("SCAN")], (statement, plan)

@@ -46,8 +46,9 @@ CHART_SERIES: dict[str, str] = {
     ),
     "disk_used_ratio": "json_extract(data, '$.disk_used_ratio')",
 }
-# Rounds deleted per transaction by prune_readings.
+# Rounds deleted per transaction by prune_readings, and how each batch finds them.
 PRUNE_BATCH = 2000
+PRUNE_BATCH_SQL = "SELECT id FROM readings WHERE at < ? ORDER BY at LIMIT ?"
 
 __all__ = [
     "ACTIVE_STATES",
@@ -56,6 +57,7 @@ __all__ = [
     "CLOSED_STATES",
     "LEDGER_RESULTS",
     "MIGRATIONS",
+    "PRUNE_BATCH_SQL",
     "STATES",
     "Database",
     "Store",
@@ -139,13 +141,9 @@ class Store(IncidentRecords, PowerLedger):
         """
         conn, total = self._conn(), 0
         while True:
-            # Oldest first in rowid order: the old rows are at the front, so this stops early.
-            ids = [
-                (r[0],)
-                for r in conn.execute(
-                    "SELECT id FROM readings WHERE at < ? ORDER BY id LIMIT ?", (older_than, batch)
-                )
-            ]
+            # Through the index on readings(at) (schema 6): each batch reads only the rows it
+            # deletes, the last and short one too (PRUNE_BATCH_SQL; a test checks its plan).
+            ids = [(r[0],) for r in conn.execute(PRUNE_BATCH_SQL, (older_than, batch))]
             if ids:
                 with self._tx() as tx:
                     tx.executemany("DELETE FROM readings WHERE id = ?", ids)

@@ -164,4 +164,9 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX deferred_alerts_due ON deferred_alerts (target, until);
     """,
+    # 6: the prune finds old readings by time through an index: without it, each batch
+    # read walked the table in rowid order, and the last, short one read all of it.
+    """
+    CREATE INDEX readings_at ON readings (at);
+    """,
 ]
