@@ -15,7 +15,11 @@ from typing import Any
 
 import pytest
 from servers import Servers
-from suite_guard import _nothing_left_running, pytest_terminal_summary  # noqa: F401  (run-wide guards)
+from suite_guard import (  # noqa: F401  (run-wide guards)
+    _nothing_left_running,
+    pytest_addoption,
+    pytest_terminal_summary,
+)
 from web_fixtures import app, cfg, client, core, metrics  # noqa: F401  (the web app's fixtures)
 
 from breakglass.config import LogSettings

@@ -86,11 +86,19 @@ def leftovers(within: float = 5.0) -> list[str]:
     ]
 
 
+GRACE_INI = "suite_guard_grace_seconds"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``suite_guard_grace_seconds``: how long the end of a run waits for leftovers to end."""
+    parser.addini(GRACE_INI, "seconds the run's end waits for threads and children to end", default="5")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _nothing_left_running(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail the run if it leaves a child process or a thread behind."""
     yield
-    left = leftovers()
+    left = leftovers(float(request.config.getini(GRACE_INI)))
     if not left:
         return
     message = "the test run left these running:\n  " + "\n  ".join(left)

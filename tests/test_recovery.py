@@ -107,11 +107,13 @@ def test_a_transient_load_spike_opens_nothing(running: Running, sim: SimHandle) 
 def test_repeated_io_stalls_spend_the_budget_then_escalate_with_the_next_allowed_time(
     sim: SimHandle, tmp_path: Path
 ) -> None:
-    cfg = override(sim.config, incidents={"cooldown_seconds": 0})
+    # A budget of two: spent by two cycles, then two stalls escalate (one incident takes ~8 s).
+    cfg = override(sim.config, incidents={"cooldown_seconds": 0}, budget={"max_actions": 2})
     r = start_core(cfg, tmp_path / "core.db")
     try:
         _first_round(r)
         budget = cfg.budget.max_actions
+        assert budget == 2
         for n in range(1, budget + 3):
             sim.inject("io_stall")
             inc = r.wait_closed(r.wait_opened(count=n)["id"])

@@ -56,10 +56,12 @@ def test_the_guards_fail_thread_exceptions_resource_warnings_leftover_children_a
     # in one process and spread over xdist workers as `make test` runs the suite: a worker's
     # leftover child still fails the run, and the controller names every worker's skips.
     filters = tomllib.loads(PYPROJECT.read_text())["tool"]["pytest"]["ini_options"]["filterwarnings"]
-    pytester.makeini("[pytest]\nfilterwarnings =\n" + "".join(f"    {f}\n" for f in filters))
+    # The child never ends: half a second of grace at the end instead of the run's five.
+    ini = "[pytest]\nsuite_guard_grace_seconds = 0.5\nfilterwarnings =\n"
+    pytester.makeini(ini + "".join(f"    {f}\n" for f in filters))
     pytester.makeconftest(
         f"import sys\nsys.path.insert(0, {str(TESTS)!r})\n"
-        "from suite_guard import _nothing_left_running, pytest_terminal_summary  # noqa: F401\n"
+        "from suite_guard import _nothing_left_running, pytest_addoption, pytest_terminal_summary  # noqa\n"
     )
     pytester.makepyfile(test_inner=INNER)
     inner = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", *workers, timeout=60)
