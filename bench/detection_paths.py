@@ -7,16 +7,16 @@ with the shipped example to serve's webhook. serve runs in dry-run, so no
 power verb brings the VM back and both paths see the same stopped VM.
 
 Both paths run at the same time scale: the test profile probes every 1 s
-instead of the default 30 s, so by default Prometheus scrapes and evaluates
-every 1 s instead of the example's 30 s, and the shipped ``for:`` and
-``group_wait`` shrink by the same 1/30.
+instead of the default 10 s, so by default Prometheus scrapes and evaluates
+every 1 s instead of the example's 10 s, and the shipped ``for:`` and
+``group_wait`` shrink by the same 1/10.
 
 Latencies are seconds from the inject to: the incident the watchdog's rules
 open (``opened_at``), the Prometheus alert seen firing, and Alertmanager's
 notification counted by the webhook (``breakglass_alerts_received_total``),
 each polled every 50 ms.
 
-    .venv/bin/python bench/detection_paths.py [--runs 3] [--scale 0.0333]
+    .venv/bin/python bench/detection_paths.py [--runs 3] [--scale 0.1]
 """
 
 from __future__ import annotations
@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--scale",
         type=float,
-        default=1 / 30,
-        help="multiplier for the shipped for: and group_wait (default 1/30: 30 s -> 1 s probes)",
+        default=1 / 10,
+        help="multiplier for the shipped for: and group_wait (default 1/10: 10 s -> 1 s probes)",
     )
     ap.add_argument("--interval", default="1s", help="Prometheus scrape and evaluation interval (default 1s)")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for both paths per run")

@@ -88,15 +88,21 @@ def commands(text: str) -> list[list[str]]:
     return out
 
 
-def load_installer() -> ModuleType:
-    """deploy/pve/install.py as a module, for its argument parser."""
-    path = ROOT / "deploy" / "pve" / "install.py"
-    loader = importlib.machinery.SourceFileLoader("pve_install", str(path))
-    spec = importlib.util.spec_from_loader("pve_install", loader)
+def load_script(name: str) -> ModuleType:
+    """A file of deploy/pve/ (install.py, breakglass-verbs) as a module."""
+    path = ROOT / "deploy" / "pve" / name
+    module_name = "pve_" + re.sub(r"\W", "_", name)
+    loader = importlib.machinery.SourceFileLoader(module_name, str(path))
+    spec = importlib.util.spec_from_loader(module_name, loader)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
     return module
+
+
+def load_installer() -> ModuleType:
+    """deploy/pve/install.py as a module, for its argument parser."""
+    return load_script("install.py")
 
 
 SUBCOMMANDS = ("serve", "demo", "sim", "probe", "trigger", "check-config", "doctor")
@@ -203,3 +209,126 @@ def test_the_guide_goes_from_prerequisites_to_live_in_the_order_an_operator_work
     assert "port-forward" in watchdog
     assert "ingress.example.yaml" in watchdog
     assert "Edit the hosts and the VM id in `deploy/k8s/configmap.yaml`" in watchdog
+
+
+# --- timing the docs state, against the code -------------------------------------------------
+
+DOCS = [ROOT / "README.md", ROOT / "bench" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+KEY = r"`(?P<key>[a-z_]+(?:\.[a-z_]+)+)`"
+AMOUNT = r"(?P<value>[0-9.]+(?: ?(?:s|min|h)\b)?)"
+# The ways the docs state a setting's default.
+DEFAULT_PHRASES = [
+    re.compile(KEY + r",? \(default " + AMOUNT),  # `x` (default 180) / `x` (default 4 h, ...)
+    re.compile(KEY + r", default " + AMOUNT),  # `x`, default 30 s
+    re.compile(KEY + r" \(" + AMOUNT + r" by default\)"),  # `x` (8 s by default)
+    re.compile(KEY + r" at " + AMOUNT + r" \(the default\)"),  # `x` at 10 (the default)
+    re.compile(KEY + r" \(" + AMOUNT + r"[,;)]"),  # `x` (6 h) / `x` (30 s); ...
+    re.compile(r"\(" + KEY + r", " + AMOUNT + r"\)"),  # (`x`, 180 s)
+]
+UNITS = {"": 1.0, "s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+def prose(path: Path) -> str:
+    """A Markdown file's text with every run of whitespace made one space."""
+    return re.sub(r"\s+", " ", path.read_text(encoding="utf-8"))
+
+
+def config_default(dotted: str) -> object:
+    """The default of a setting named ``section.key`` (or deeper), from the config model."""
+    from breakglass.config import Config
+
+    section, *rest = dotted.split(".")
+    node: object = Config.model_fields[section].default
+    for part in rest:
+        node = getattr(node, part)
+    return node
+
+
+def documented_defaults() -> list[tuple[str, str, str]]:
+    """(file, setting, stated default) for every default the docs state."""
+    found = []
+    for path in DOCS:
+        text = prose(path)
+        for phrase in DEFAULT_PHRASES:
+            found += [(path.name, m["key"], m["value"]) for m in phrase.finditer(text)]
+    return found
+
+
+def test_every_default_the_docs_state_is_the_configs_default() -> None:
+    stated = documented_defaults()
+    assert len(stated) >= 10, stated
+    keys = {key for _, key, _ in stated}
+    assert "probe.status_timeout_seconds" in keys
+    for name, key, value in stated:
+        number, unit = re.fullmatch(r"([0-9.]+) ?([a-z]*)", value).groups()  # type: ignore[union-attr]
+        want = config_default(key)
+        assert isinstance(want, int | float), (name, key, want)
+        assert float(number) * UNITS[unit] == want, f"{name}: `{key}` documented as {value}, not {want}"
+
+
+def test_the_status_timeout_the_guide_states_covers_the_forced_commands_worst_case() -> None:
+    from breakglass.config import ProbeSettings
+
+    text = prose(GUIDE)
+    said = re.search(
+        r"the (\d+) s QMP timeout, then `qm list`\) and (\d+) s at most "
+        r"\(`qm list` is cut off after (\d+) s\)",
+        text,
+    )
+    assert said, "the guide no longer states how long a status on a wedged QEMU takes"
+    qmp, worst, listed = (float(x) for x in said.groups())
+    script = load_script("breakglass-verbs")
+    assert (qmp, listed) == (script.QMP_TIMEOUT, script.LIST_TIMEOUT)
+    assert worst == qmp + listed < ProbeSettings().status_timeout_seconds
+    assert f"Keep it above {worst:g} s" in text
+
+
+def test_the_example_prometheus_scrapes_at_the_probe_interval_and_the_docs_show_it() -> None:
+    import yaml
+
+    from breakglass.config import ProbeSettings
+
+    interval = f"{ProbeSettings().interval_seconds:g}s"
+    example = (ROOT / "config" / "prometheus" / "prometheus.example.yml").read_text(encoding="utf-8")
+    assert yaml.safe_load(example)["global"]["scrape_interval"] == interval
+    shown = next(b for b in blocks(ROOT / "docs" / "observability.md") if "prometheus.example.yml" in b.text)
+    assert yaml.safe_load(shown.text) == yaml.safe_load(example)
+    monitor = yaml.safe_load((ROOT / "deploy" / "k8s" / "servicemonitor.yaml").read_text(encoding="utf-8"))
+    assert monitor["spec"]["endpoints"][0]["interval"] == interval
+    grafana = yaml.safe_load((ROOT / "dashboards" / "provisioning.yaml").read_text(encoding="utf-8"))
+    assert grafana["datasources"][0]["jsonData"]["timeInterval"] == interval
+
+
+def test_the_time_scale_the_observability_docs_state_is_the_test_profiles() -> None:
+    from breakglass.config import ProbeSettings
+    from breakglass.sim.statedir import PROFILES
+
+    fast, default = PROFILES["test"]["probe"]["interval_seconds"], ProbeSettings().interval_seconds
+    text = prose(ROOT / "docs" / "observability.md")
+    pairs = re.findall(r"probes every (\d+) s, not (\d+) s|(\d+) s probes instead of (\d+) s", text)
+    assert len(pairs) == 2, pairs
+    for pair in pairs:
+        assert [float(x) for x in pair if x] == [fast, default]
+    scales = re.findall(r"(?:scaled|shrink) by (?:the same )?1/(\d+)", text)
+    assert scales
+    assert all(float(n) == default / fast for n in scales), scales
+
+
+def test_the_stale_rounds_alert_states_its_threshold_in_rounds_of_the_default_interval() -> None:
+    import yaml
+
+    from breakglass.config import ProbeSettings
+
+    interval = ProbeSettings().interval_seconds
+    rules = yaml.safe_load((ROOT / "config" / "prometheus" / "alerts.yml").read_text(encoding="utf-8"))
+    stale = "BreakglassProbeRoundsStale"
+    (rule,) = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == stale]
+    threshold = float(re.search(r">\s*(\d+)\s*$", rule["expr"]).group(1))  # type: ignore[union-attr]
+    said = re.compile(r"(\d+) s \((\d+) rounds at the default (\d+) s")
+    for where, text in (
+        ("alerts.yml", re.sub(r"\s+", " ", rule["annotations"]["description"])),
+        ("observability.md", prose(ROOT / "docs" / "observability.md")),
+    ):
+        m = said.search(text)
+        assert m, f"{where}: no 'N s (R rounds at the default I s' for the stale-rounds alert"
+        assert [float(x) for x in m.groups()] == [threshold, threshold / interval, interval], where

@@ -5,8 +5,8 @@ simulator, ``breakglass serve`` with its own rules slowed so that only
 Alertmanager can open an incident, Alertmanager (the shipped example pointed at
 serve's webhook) and Prometheus (the shipped example with a 1 s scrape and
 evaluation interval, loading a copy of the shipped rules whose ``for:``
-durations shrink by 1/30, as the 30 s default probe interval shrinks to the
-test profile's 1 s).
+durations shrink by 1/10, as the 10 s default probe interval (and the example's
+scrape interval) shrinks to the test profile's 1 s).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from breakglass.metrics import Metrics
 PROVISIONING = ROOT / "dashboards" / "provisioning.yaml"
 PROMTOOL = shutil.which("promtool")
 AMTOOL = shutil.which("amtool")
-SCALE = 1 / 30  # test profile probe interval (1 s) / the default (30 s)
+SCALE = 1 / 10  # test profile probe interval (1 s) / the default (10 s)
 STEP = 1.0  # Grafana's $__interval for the checked range: one point per scrape
 # Grafana's $__rate_interval: max($__interval + scrape interval, 4 x scrape interval), scrape 1 s.
 RATE_INTERVAL = "4s"
@@ -401,8 +401,8 @@ def test_the_test_copy_of_the_rules_scales_for_durations_and_nothing_else(tmp_pa
     scaled = [r for g in yaml.safe_load(copy.read_text())["groups"] for r in g["rules"]]
     assert [r["expr"] for r in scaled] == [r["expr"] for r in shipped]
     durations = {r["alert"]: (r["for"], s["for"]) for r, s in zip(shipped, scaled, strict=True)}
-    assert durations["BreakglassVmDown"] == ("1m", "2s")
-    assert durations["BreakglassSshFailing"] == ("2m", "4s")
+    assert durations["BreakglassVmDown"] == ("1m", "6s")
+    assert durations["BreakglassSshFailing"] == ("2m", "12s")
     assert durations["BreakglassEscalated"] == ("0s", "0s")
 
 
@@ -550,6 +550,6 @@ def test_stopping_serve_fires_the_watchdog_down_dead_man(stack: Stack, story: di
     # Last: it stops serve. The rule may have fired while Prometheus waited for its first scrape.
     stack.wait(lambda: stack.firing("BreakglassWatchdogDown") is None, 15, "WatchdogDown to clear")
     stack.child("serve").stop()
-    alert = stack.wait(lambda: stack.firing("BreakglassWatchdogDown"), 20, "BreakglassWatchdogDown to fire")
+    alert = stack.wait(lambda: stack.firing("BreakglassWatchdogDown"), 30, "BreakglassWatchdogDown to fire")
     assert alert["labels"]["component"] == "watchdog"
     assert "target" not in alert["labels"]
