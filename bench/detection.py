@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p, r, inc = cfg.probe, cfg.rules, cfg.incidents
     print(
         f"profile test: interval {p.interval_seconds:g}s, jitter {p.jitter_seconds:g}s, "
-        f"connect timeout {p.connect_timeout_seconds:g}s, command timeout {p.command_timeout_seconds:g}s; "
+        f"connect timeout {p.connect_timeout_seconds:g}s, command timeout {p.command_timeout_seconds:g}s, "
+        f"status timeout {p.status_timeout_seconds:g}s; "
         f"ssh_rounds {r.ssh_rounds}, vm_not_running_rounds {r.vm_not_running_rounds}, "
         f"failed_units_rounds {r.failed_units_rounds}, disk_rounds {r.disk_rounds}, "
         f"pve_rounds {r.pve_rounds}, memory_for {r.memory_for_seconds:g}s; "
