@@ -36,7 +36,7 @@ def _context(tmp_path: Path) -> RemediationContext:
         target=target,
         config=cfg,
         shell=DevvmShell(target.devvm, connect_timeout=1, command_timeout=1),
-        pve=PveClient(target.pve, connect_timeout=1, command_timeout=1),
+        pve=PveClient(target.pve, connect_timeout=1, status_timeout=1),
         power=_no_power,
         record=lambda kind, data: None,
         latest=None,
