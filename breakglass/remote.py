@@ -30,7 +30,6 @@ import asyncssh.packet
 from breakglass.config import SshEndpoint
 
 DEFAULT_OUTPUT_CAP = 65536
-_READ_CHUNK = 16384
 
 
 
@@ -437,9 +436,34 @@ async def _connect(
         raise RemoteError(f"{label}: unreachable: {exc}", kind="unreachable") from None
 
 
-async def _drain(stream: asyncssh.SSHReader[bytes], buf: _CappedBuffer) -> None:
-    while chunk := await stream.read(_READ_CHUNK):
-        buf.add(chunk)
+class _Collect(asyncssh.SSHClientSession[bytes]):
+    """One command's channel: output straight into capped buffers, ``done`` when it closes.
+
+    Callbacks rather than asyncssh's process streams: no reader tasks and no stream
+    hand-offs, a few fewer trips round the event loop per command (about a twentieth of
+    a probe round's client CPU). What it does mirrors the streams: a channel lost before
+    the command's end of output fails ``done`` with why; lost after it, it just ends.
+    """
+
+    def __init__(self, cap: int, done: asyncio.Future[None]) -> None:
+        self.out, self.err = _CappedBuffer(cap), _CappedBuffer(cap)
+        self.done = done
+        self.eof = False
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        (self.err if datatype == asyncssh.EXTENDED_DATA_STDERR else self.out).add(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return True  # stay half open until the exit status and close arrive, as streams do
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.done.done():  # the wait for it was cancelled (a timeout, a stopped round)
+            return
+        if exc is not None and not self.eof:
+            self.done.set_exception(exc)
+        else:
+            self.done.set_result(None)
 
 
 async def _run_on(
@@ -447,16 +471,16 @@ async def _run_on(
 ) -> CommandResult:
     """Run one command on an open connection; on timeout return what arrived so far."""
     started = time.monotonic()
-    out, err = _CappedBuffer(cap), _CappedBuffer(cap)
-    process: asyncssh.SSHClientProcess[bytes] | None = None
+    session = _Collect(cap, asyncio.get_running_loop().create_future())
+    chan: asyncssh.SSHClientChannel[bytes] | None = None
     exit_status: int | None = None
     timed_out = False
     try:
         async with asyncio.timeout(limit):
-            process = await conn.create_process(command, encoding=None, stdin=asyncssh.DEVNULL)
-            await asyncio.gather(_drain(process.stdout, out), _drain(process.stderr, err))
-            completed = await process.wait()
-            exit_status = completed.exit_status
+            chan, _ = await conn.create_session(lambda: session, command, encoding=None)
+            chan.write_eof()  # nothing on stdin
+            await session.done
+            exit_status = chan.get_exit_status()
             if exit_status is None or exit_status < 0:
                 # Killed by a signal, no exit status: use ssh(1)'s 255 rather than
                 # None, which would read as "timed out".
@@ -464,8 +488,9 @@ async def _run_on(
     except TimeoutError:
         timed_out = True
     finally:
-        if process is not None:
-            process.close()
+        if chan is not None:
+            chan.close()
+    out, err = session.out, session.err
     return CommandResult(
         command=command,
         exit_status=None if timed_out else exit_status,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -17,6 +19,8 @@ import pytest
 from readings_support import GiB
 from readings_support import healthy_readings as make_readings
 
+from breakglass.config import LogSettings
+from breakglass.log import configure_logging
 from breakglass.watchdog.probes import Readings, format_table, probe_target, readings_from_output
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -264,3 +268,33 @@ def test_the_probe_cli_reports_a_stalled_vm_in_time(sim):
     assert (entry["ssh_ok"], entry["ssh_error"]) == (False, "timeout")
     # Interpreter start-up is the rest of the budget.
     assert elapsed < sim.config.probe.round_timeout_seconds + 3
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_the_rounds_debug_line_is_gathered_only_when_debug_is_on(sim, level, monkeypatch):
+    # Every target logs a round every interval: at the shipped level its fields are not even built.
+    gathered: list[str] = []
+    to_dict = Readings.to_dict
+
+    def noting(self: Readings) -> dict[str, Any]:
+        gathered.append(self.target)
+        return to_dict(self)
+
+    monkeypatch.setattr(Readings, "to_dict", noting)
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    buf = io.StringIO()
+    try:
+        configure_logging(LogSettings(format="json", level=level), stream=buf)
+        r, _ = probe(sim)
+    finally:
+        root.handlers[:] = before[0]
+        root.setLevel(before[1])
+    assert r.ssh_ok
+    events = [json.loads(line)["event"] for line in buf.getvalue().splitlines()]
+    if level == "debug":
+        assert gathered == [r.target]
+        assert "probe_round" in events
+    else:
+        assert gathered == []
+        assert "probe_round" not in events

@@ -502,3 +502,52 @@ def test_wanted_asyncssh_lines_are_written_as_before(sim, asyncssh_level, caplog
     assert f"Opening SSH connection to {ep.host}, port {ep.port}" in text
     assert re.search(r"Sent MSG_KEXINIT \(20\), \d+ bytes", text)
     assert re.search(r"Received MSG_USERAUTH_SUCCESS \(52\), 1 byte", text)
+
+
+def test_a_connection_lost_mid_command_ends_the_command_at_once_not_at_its_timeout(sim):
+    ep = sim.config.targets[0].devvm
+
+    async def main() -> tuple[CommandResult, float]:
+        async with shell(ep).session() as s:
+            assert (await s.run("true")).ok
+            sim.inject("io_stall")  # the next command hangs on the open connection
+            running = asyncio.create_task(s.run("uptime", timeout=5.0))
+            await asyncio.sleep(0.2)
+            assert not running.done()
+            started = time.monotonic()
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: sim._thread.run(sim.server._devvm.close_connections())
+            )
+            return await running, time.monotonic() - started
+
+    result, elapsed = asyncio.run(main())
+    # The host hung up: no exit status, as ssh(1) says it (255), and not a timeout.
+    assert (result.exit_status, result.timed_out, result.stdout) == (255, False, "")
+    assert elapsed < 1.0
+
+
+def test_a_command_runs_without_reader_tasks(sim):
+    # Output goes straight from the channel into the capped buffers: no task per stream
+    # (asyncssh's own channel reader is the only one).
+    ep = sim.config.targets[0].devvm
+
+    async def main() -> list[str]:
+        ours: list[str] = []
+        loop = asyncio.get_running_loop()
+
+        def counting(loop: asyncio.AbstractEventLoop, coro, **kw):  # type: ignore[no-untyped-def]
+            if "asyncssh" not in coro.cr_code.co_filename:
+                ours.append(coro.__qualname__)
+            return asyncio.Task(coro, loop=loop, **kw)
+
+        async with shell(ep).session() as s:
+            assert (await s.run("true")).ok
+            loop.set_task_factory(counting)
+            result = await s.run("cat /proc/loadavg && no-such-tool")
+            loop.set_task_factory(None)
+        assert result.exit_status == 127
+        assert result.stdout.count(" ") >= 4
+        assert "command not found" in result.stderr
+        return ours
+
+    assert asyncio.run(main()) == []

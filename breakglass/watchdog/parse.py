@@ -68,11 +68,16 @@ def parse_nproc(text: str) -> int | None:
     return int(text) if text.isdigit() and int(text) > 0 else None
 
 
+# The /proc/meminfo fields a reading keeps; the other fifty-odd lines are not parsed.
+_MEMINFO_KEYS = ("MemTotal:", "MemAvailable:", "SwapTotal:", "SwapFree:")
+
+
 def parse_meminfo(text: str) -> Memory:
     """Parse ``/proc/meminfo`` into bytes; fields it lacks are None."""
     values: dict[str, int] = {}
-    for line in text.splitlines():
-        m = _MEMINFO_LINE.match(line.strip())
+    for raw in text.splitlines():
+        line = raw.strip()
+        m = _MEMINFO_LINE.match(line) if line.startswith(_MEMINFO_KEYS) else None
         if m:
             scale = 1024 if m["unit"] else 1
             values[m["key"]] = int(m["value"]) * scale

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
+import logging
 import os
 import sys
 import time
@@ -23,6 +25,7 @@ from breakglass.watchdog import parse
 from breakglass.watchdog.links import ProbeLinks
 
 log = get_logger(__name__)
+_debug_on = functools.partial(logging.getLogger(__name__).isEnabledFor, logging.DEBUG)
 
 
 @dataclass(frozen=True)
@@ -225,7 +228,8 @@ async def probe_target(
         **devvm,
         **pve,
     )
-    log.debug("probe_round", **readings.to_dict())
+    if _debug_on():  # the line's fields are only gathered when a debug line is wanted
+        log.debug("probe_round", **readings.to_dict())
     return readings
 
 
