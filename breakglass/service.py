@@ -75,7 +75,7 @@ def serve(cfg: Config, *, on_ready: Callable[[str], None] | None = None) -> int:
         return 2
     raise_fd_limit(len(cfg.targets))
     cfg.store_path.parent.mkdir(parents=True, exist_ok=True)
-    store = Store(cfg.store_path)
+    store = Store(cfg.store_path, retention_seconds=cfg.retention.readings_seconds)
     metrics = Metrics()
     core = Core(cfg, store=store, metrics=metrics)
     # Local URL until the server knows its port; public_url wins when configured.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import sqlite3
 from pathlib import Path
 
@@ -18,6 +20,16 @@ from breakglass.store import MIGRATIONS, Store
 
 def _count(store: Store) -> int:
     return int(store._conn().execute("SELECT COUNT(*) FROM readings").fetchone()[0])
+
+
+def _schema_1_file(path: Path) -> sqlite3.Connection:
+    """A file as the first schema version made it (auto_vacuum off), open in autocommit."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in MIGRATIONS[0].split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    return conn
 
 
 def test_the_readings_table_stops_growing_under_retention(tmp_path: Path) -> None:
@@ -71,11 +83,7 @@ def test_a_new_store_uses_incremental_vacuum_and_an_old_one_is_converted(tmp_pat
     fresh.close()
     # A file as the first schema version made it: auto_vacuum off.
     old = tmp_path / "old.db"
-    conn = sqlite3.connect(old, isolation_level=None)
-    for statement in MIGRATIONS[0].split(";"):
-        if statement.strip():
-            conn.execute(statement)
-    conn.execute("PRAGMA user_version = 1")
+    conn = _schema_1_file(old)
     conn.execute(
         "INSERT INTO incidents (target, trigger, state, opened_at) VALUES ('devvm', 'rule', 'resolved', 1)"
     )
@@ -118,3 +126,38 @@ def test_every_prune_batch_reads_through_an_index_the_last_short_one_too(
     for statement in reads:
         plan = [row[3] for row in store._conn().execute(f"EXPLAIN QUERY PLAN {statement}")]
         assert not [step for step in plan if step.startswith("SCAN")], (statement, plan)
+
+
+def test_converting_an_older_store_prunes_to_retention_before_its_vacuum_and_logs_it(
+    tmp_path: Path, clock: FakeClock, captured: io.StringIO
+) -> None:
+    # A file as the first schema version made it (auto_vacuum off), never pruned: a day of
+    # rounds every 10 s for two targets, of which the last 10 minutes are within retention.
+    old = tmp_path / "legacy.db"
+    conn = _schema_1_file(old)
+    names, start = ("a", "b"), clock.now - 86_400
+    day = [healthy_readings(name, start + t) for t in range(0, 86_400, 10) for name in names]
+    with conn:
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO readings (target, at, data) VALUES (?, ?, ?)",
+            [(r.target, r.at, json.dumps(r.to_dict())) for r in day],
+        )
+    conn.close()
+    before = old.stat().st_size
+    store = Store(old, clock=clock, retention_seconds=600)
+    try:
+        assert store._conn().execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+        assert store.schema_version() == len(MIGRATIONS)
+        assert store._conn().execute("SELECT MIN(at) FROM readings").fetchone()[0] >= clock.now - 600
+        assert _count(store) == 2 * 60  # the last 600 s of both targets
+        after = old.stat().st_size
+        assert after < before / 20
+    finally:
+        store.close()
+    lines = [json.loads(line) for line in captured.getvalue().splitlines() if line.startswith("{")]
+    [converting] = [e for e in lines if e.get("event") == "store_converting"]
+    [converted] = [e for e in lines if e.get("event") == "store_converted"]
+    assert converting["size_bytes"] >= before
+    assert converted["size_bytes"] < converting["size_bytes"] / 20
+    assert converted["readings_pruned"] == len(day) - 2 * 60

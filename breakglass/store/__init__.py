@@ -67,7 +67,8 @@ __all__ = [
 class Store(IncidentRecords, PowerLedger):
     """SQLite-backed storage shared by the core loop and the web threads.
 
-    ``Store(path, *, clock=time.time)``; ``close()`` when done.
+    ``Store(path, *, clock=time.time, retention_seconds=None)`` (the readings retention, used
+    when an older file is converted); ``close()`` when done.
     """
 
     # -- readings --------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -11,9 +12,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from breakglass.store.schema import MIGRATIONS
 
+log = structlog.get_logger("breakglass.store")
+
 _INCREMENTAL = 2  # PRAGMA auto_vacuum: 0 none, 1 full, 2 incremental
+# Rows deleted per transaction while an older file is converted (nothing else writes yet).
+CONVERT_PRUNE_BATCH = 50_000
+CONVERT_CACHE_KIB = -65_536  # PRAGMA cache_size while converting: negative means KiB (64 MiB)
 
 
 def loads(text: str | None) -> Any:
@@ -29,9 +37,21 @@ def dumps(data: Any) -> str:
 class Database:
     """One SQLite file in WAL mode, one connection per thread, schema migrated on open."""
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        retention_seconds: float | None = None,
+    ) -> None:
+        """Open (create, convert, migrate) the file at ``path``.
+
+        ``retention_seconds``, the readings retention: converting an older file first
+        deletes the readings older than that, so the one ``VACUUM`` copies only the rest.
+        """
         self.path = Path(path)
         self.clock = clock
+        self._retention = retention_seconds
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -97,13 +117,76 @@ class Database:
 
         The mode only takes effect on an empty file or after a ``VACUUM``: a new file is
         empty here (this runs before the first table is created); an older file is
-        rewritten once, on the first start of a version that has this.
+        rewritten once, on the first start of a version that has this. ``VACUUM`` copies
+        every row and blocks the start, so the readings past retention (most of an older
+        file: nothing pruned them) are deleted first, in batches, and only the rest is
+        copied; ``store_converting`` and ``store_converted`` log the sizes and the time.
         """
         conn = self._conn()
         if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == _INCREMENTAL:
             return
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        conn.execute("VACUUM")
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'readings'").fetchone() is None:
+            conn.execute("VACUUM")  # an empty file: nothing to copy
+            return
+        started, before = time.monotonic(), self._file_bytes()
+        log.info(
+            "store_converting",
+            path=str(self.path),
+            size_bytes=before,
+            retention_seconds=self._retention,
+            to="auto_vacuum=incremental",
+        )
+        pruned = 0
+        # Nothing else runs yet: a larger page cache for the conversion (the default 2000
+        # pages made each batch re-read the index it deletes from), the default after.
+        cache = int(conn.execute("PRAGMA cache_size").fetchone()[0])
+        conn.execute(f"PRAGMA cache_size = {CONVERT_CACHE_KIB}")
+        try:
+            if self._retention is not None:
+                pruned = self._prune_for_conversion(self.clock() - self._retention)
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.execute(f"PRAGMA cache_size = {cache}")
+        log.info(
+            "store_converted",
+            path=str(self.path),
+            size_bytes=self._file_bytes(),
+            size_bytes_before=before,
+            readings_pruned=pruned,
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    def _prune_for_conversion(self, older_than: float) -> int:
+        """Delete readings taken before ``older_than`` from an older file, before its ``VACUUM``.
+
+        Its rows are in time order by rowid (nothing pruned them), and the index on
+        ``readings(at)`` comes with a later migration, so each batch walks the rowids
+        from the front and stops at its ``LIMIT``: the old rows are read once in all.
+        Nothing else writes yet, so batches are large and ``synchronous=NORMAL`` (no sync
+        per commit, WAL-safe: a power loss can only undo deletions the next start redoes).
+        """
+        conn, total = self._conn(), 0
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            while True:
+                with self._tx() as tx:
+                    n = tx.execute(
+                        "DELETE FROM readings WHERE id IN "
+                        "(SELECT id FROM readings WHERE at < ? ORDER BY id LIMIT ?)",
+                        (older_than, CONVERT_PRUNE_BATCH),
+                    ).rowcount
+                total += n
+                if n < CONVERT_PRUNE_BATCH:
+                    return total
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
+
+    def _file_bytes(self) -> int:
+        """The file's size on disk, its write-ahead log included."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        return sum(os.path.getsize(p) for p in (self.path, wal) if p.exists())
 
     def vacuum_free_pages(self, step: int = 1000) -> int:
         """Return free pages to the file system, ``step`` pages per transaction; how many."""
