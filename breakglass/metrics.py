@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_cr
 from breakglass import __version__
 from breakglass.exposition import CounterFamily, Exposition, GaugeFamily, HistogramFamily
 from breakglass.remote import POWER_VERBS
+from breakglass.store.schema import CLOSED_STATES as STORE_CLOSED_STATES
 from breakglass.watchdog.rules import CONDITIONS
 
 if TYPE_CHECKING:
@@ -40,7 +41,9 @@ OTHER = "other"
 VERBS: tuple[str, ...] = tuple(sorted(str(v) for v in POWER_VERBS))
 POWER_RESULTS = ("ok", "failed", "denied", "dry_run", "unknown", "refused")
 TRIGGERS = ("rule", "manual", "alertmanager", "cli")
-CLOSED_STATES = ("resolved", "escalated", "failed")
+# An escalation is not a close (the incident stays open, escalated); it is counted in
+# breakglass_escalations_total by reason, so incidents_closed_total has no such series.
+CLOSED_STATES = STORE_CLOSED_STATES
 ESCALATION_REASONS = (
     "budget",
     "observer_side",

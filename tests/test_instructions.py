@@ -3,16 +3,24 @@ receiving an instruction as the operator's next user turn (real SDK, fake API, r
 
 from __future__ import annotations
 
+import io
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 from agent_support import agent_core, manual, steps
-from api_support import API_TOKEN, counts
+from api_support import API_TOKEN, counts, with_tokens
 from flask.testing import FlaskClient
 from harness import wait_for
+from prometheus_client import CollectorRegistry
+from web_support import web_config
 
+from breakglass.core import Core, CoreThread
 from breakglass.incidents.manager import POWER_AUTHORIZED_BY
+from breakglass.metrics import Metrics
 from breakglass.store import Store
+from breakglass.web.app import create_app
 
 __all__ = ["agent_core"]  # the fixture, imported for pytest
 
@@ -100,3 +108,30 @@ def test_the_agent_gets_an_instruction_as_the_operators_next_user_turn(agent_cor
     opening = '<operator_instruction from="viktor">\nleave postgres running'
     assert last["content"][1]["text"].startswith(opening)
     assert steps(inc, "operator_instruction") == [{"who": "viktor", "text": "leave postgres running"}]
+
+
+def test_an_instruction_through_the_api_and_the_real_core_is_logged_once(
+    tmp_path: Path, captured: io.StringIO
+) -> None:
+    cfg = with_tokens(web_config(tmp_path), tmp_path)
+    store = Store(tmp_path / "c.db")
+    metrics = Metrics(CollectorRegistry())
+    core = Core(cfg, store=store, metrics=metrics)
+    thread = CoreThread(core, schedule=False)
+    handle = thread.start()
+    try:
+        incident_id, _ = store.open_incident(
+            "devvm", "manual", "slow", "ana", {}, owner=core.manager.owner, lease_seconds=60
+        )
+        app = create_app(cfg, store=store, metrics=metrics, core=handle, testing=True)
+        url = f"/api/v1/incidents/{incident_id}/instructions"
+        r = app.test_client().post(url, json={"text": "leave postgres running"}, headers=AUTH)
+        assert r.status_code == 201
+    finally:
+        thread.stop()
+        store.close()
+    lines = [json.loads(line) for line in captured.getvalue().splitlines() if line.startswith("{")]
+    logged = [e for e in lines if e.get("event") == "operator_instruction"]
+    assert len(logged) == 1  # the manager's line; the web layer logged it a second time
+    [line] = logged
+    assert (line["incident"], line["who"], line["step"]) == (incident_id, "api", r.json["step"])

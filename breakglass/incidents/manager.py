@@ -264,7 +264,7 @@ class IncidentManager:
             )
         step = self.store.add_step(incident_id, "operator_instruction", {"who": who, "text": text})
         self._instructions.setdefault(incident_id, []).append(Instruction(who, text, step))
-        log.info("operator_instruction", incident=incident_id, who=who)
+        log.info("operator_instruction", incident=incident_id, who=who, step=step)
         return step
 
     async def wait_idle(self, limit: float | None = None) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
 from flask import Blueprint, abort, jsonify, redirect, request, url_for
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from werkzeug.wrappers import Response
@@ -19,7 +18,6 @@ from breakglass.web.api import MAX_TEXT, parse_body
 from breakglass.web.auth import current_user
 from breakglass.web.context import ID_RULE, ApiError, web_context
 
-log = structlog.get_logger("breakglass.web")
 bp = Blueprint("instructions", __name__)
 
 
@@ -34,9 +32,8 @@ class InstructionBody(BaseModel):
 def _instruct(incident_id: int, text: str) -> int:
     """Hand the instruction to the core; KeyError/ValueError pass through, a dead core is RuntimeError."""
     who = current_user()
-    step = web_context().core.instruct(incident_id, who, text)
-    log.info("operator_instruction", incident=incident_id, who=who, step=step)
-    return step
+    # Logged once, by the manager that records it (operator_instruction).
+    return web_context().core.instruct(incident_id, who, text)
 
 
 @bp.post(f"/api/v1/incidents/<{ID_RULE}:incident_id>/instructions")
