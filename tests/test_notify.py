@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from harness import start_core, wait_for
+from harness import override, start_core, wait_for
 
 from breakglass.config import NotifySettings
 from breakglass.notify import Notifier, compose, with_timeouts
@@ -144,3 +144,42 @@ def test_the_core_notifies_when_a_manual_incident_opens_and_closes(
     assert "Reason: check it" in opened["message"]
     assert closed["title"].endswith(("resolved", "escalated"))
     assert f"http://127.0.0.1:8787/incidents/{res.incident_id}" in closed["message"]
+
+
+def test_an_escalated_incident_reminds_the_receiver_at_the_repeat_interval(
+    sim: SimHandle, receiver: Receiver
+) -> None:
+    interval = 4.0
+    cfg = override(sim.config, budget={"max_actions": 0}, incidents={"repeat_interval_seconds": interval})
+    running = start_core(cfg)
+    n = Notifier(NotifySettings(urls=(receiver.url,), timeout_seconds=5), "http://127.0.0.1:8787/")
+    running.core.observers.add(n)
+    arrived: list[tuple[float, str]] = []
+
+    def titles() -> list[str]:
+        for body in receiver.bodies[len(arrived) :]:
+            arrived.append((time.monotonic(), body["title"]))
+        return [t for _, t in arrived]
+
+    try:
+        wait_for(lambda: running.core.feed.latest(running.target), within=10, what="a first round")
+        sim.inject("vm_stopped")  # sick, and no budget to start it: escalated, and it stays so
+        wait_for(
+            lambda: sum(t.endswith("still escalated") for t in titles()) >= 2,
+            within=30,
+            what="two reminders",
+            every=0.02,
+        )
+    finally:
+        running.stop()
+        n.close()
+    [incident] = {t.split()[2] for t in titles()}
+    escalated = [at for at, t in arrived if t.endswith(" escalated") and not t.endswith("still escalated")]
+    reminders = [at for at, t in arrived if t.endswith("still escalated")]
+    assert titles()[-1] == f"breakglass: incident {incident} on {running.target} still escalated"
+    assert len(escalated) == 1
+    reminder = next(b for b in receiver.bodies if b["title"].endswith("still escalated"))
+    assert "still escalated (budget) and the target is still sick" in reminder["message"]
+    # One per interval after the escalation, never one per probe round (a round a second here).
+    gaps = [b - a for a, b in zip([escalated[0], *reminders], reminders, strict=False)]
+    assert all(interval - 1.0 <= g <= interval + 3.0 for g in gaps[:2]), gaps
