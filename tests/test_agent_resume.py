@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from agent_support import agent_core
+from harness import wait_for
 
 from breakglass.agent.messages import cached_tools, operator_instruction, tool_output
 from breakglass.agent.resume import INTERRUPTED, CannotRebuild, rebuild
@@ -265,3 +266,78 @@ def test_turns_stored_by_an_older_version_make_the_model_diagnose_afresh_and_the
     # A fresh conversation: the opening message alone, numbered from turn 1.
     assert [len(req["messages"]) for req in fake.requests] == [1]
     assert [s["data"].get("turn") for s in done["steps"] if s["kind"] == "usage"] == [None, 1]
+
+
+def _escalation(store: Store, incident_id: int) -> dict[str, Any]:
+    """The incident once it has been escalated (its ``notice`` step written)."""
+
+    def escalated() -> dict[str, Any] | None:
+        inc = store.get_incident(incident_id)
+        return inc if inc and any(s["kind"] == "notice" for s in inc["steps"]) else None
+
+    return wait_for(escalated, within=60, what=f"incident {incident_id} to be escalated")
+
+
+def test_a_budget_refusal_before_the_restart_still_escalates_for_the_budget_after_it(
+    agent_core: Any, tmp_path: Path
+) -> None:
+    report = "Found: the guest looks hung.\nDid: asked for a cycle; the budget refused it.\nState now: hung."
+    script = Script({"name": "refused", "turns": [{"content": [{"type": "text", "text": report}]}]})
+    # Left by a stopped watchdog after the budget refused the model's cycle, before its next turn.
+    store = Store(tmp_path / "refused.db")
+    left, _ = store.open_incident("devvm", "manual", "builds hang", "viktor", {})
+    assert store.transition(left, "diagnosing", "agent diagnosing")
+    later = store.clock() + 3600
+    refusal = "power action cycle refused by the budget: 3 actions in the window"
+    budget = {"verb": "cycle", "reason": "3 actions in the window", "next_allowed_at": later}
+    for kind, data in (
+        ("usage", {"input_tokens": 5, "output_tokens": 5, "stop_reason": "tool_use", "total_tokens": 10,
+                   "turn": 1, "elapsed_seconds": 1.0, "instructions": []}),
+        ("tool_call", {"id": "t1", "name": "pve", "input": {"verb": "cycle"}, "mutates": True}),
+        ("tool_result", {"id": "t1", "name": "pve", "status": "denied", "output": refusal, "acted": False,
+                         "budget": budget}),
+    ):
+        store.add_step(left, kind, data)
+    store.close()
+
+    r, fake = agent_core(script)
+    # Escalated, it may be worked again at once (healthy, or the real budget allows): wait for the notice.
+    done = _escalation(r.store, left)
+
+    req = fake.requests[0]
+    assert [m["role"] for m in req["messages"]] == ["user", "assistant", "user"]
+    assert req["messages"][2]["content"][0]["is_error"] is True
+    assert [s["data"]["reason"] for s in done["steps"] if s["kind"] == "notice"] == ["budget"]
+    [escalated] = [t for t in done["transitions"] if t["to_state"] == "escalated"]
+    assert "next power action allowed at" in escalated["reason"]
+
+
+def test_a_dry_run_before_the_restart_still_escalates_as_a_dry_run_after_it(
+    agent_core: Any, tmp_path: Path
+) -> None:
+    report = "Found: the guest looks hung.\nDid: cycle (dry run).\nState now: hung."
+    script = Script({"name": "dry", "turns": [{"content": [{"type": "text", "text": report}]}]})
+    # Left by a stopped watchdog after its dry-run cycle was recorded, before the model's next turn.
+    store = Store(tmp_path / "dry.db")
+    left, _ = store.open_incident("devvm", "manual", "builds hang", "viktor", {})
+    assert store.transition(left, "diagnosing", "agent diagnosing")
+    store.ledger_insert("devvm", left, "cycle", "agent", dry_run=True, result="dry_run")
+    for kind, data in (
+        ("usage", {"input_tokens": 5, "output_tokens": 5, "stop_reason": "tool_use", "total_tokens": 10,
+                   "turn": 1, "elapsed_seconds": 1.0, "instructions": []}),
+        ("tool_call", {"id": "t1", "name": "pve", "input": {"verb": "cycle"}, "mutates": True}),
+        ("tool_result", {"id": "t1", "name": "pve", "status": "ok",
+                         "output": "dry run: cycle was recorded, not sent", "acted": True}),
+    ):
+        store.add_step(left, kind, data)
+    store.close()
+
+    r, fake = agent_core(script, budget={"dry_run": True})
+    # Escalated, it may be worked again at once (healthy, or the real budget allows): wait for the notice.
+    done = _escalation(r.store, left)
+
+    assert len(fake.requests[0]["messages"]) == 3  # the resumed conversation, not a fresh one
+    assert [s["data"]["reason"] for s in done["steps"] if s["kind"] == "notice"] == ["dry_run"]
+    # What the resumed conversation counts as done includes the dry run from before the restart.
+    [decided] = [s["data"] for s in done["steps"] if s["data"].get("decision", "").startswith("remediation")]
+    assert decided["did"] == ["pve cycle (dry_run)"]

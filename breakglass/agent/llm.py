@@ -51,6 +51,7 @@ from breakglass.agent.tools import BY_NAME, Sent, Toolbox
 from breakglass.config import AgentSettings
 from breakglass.incidents import policy
 from breakglass.incidents.context import Instruction, RemediationContext, RemediationResult, Remediator
+from breakglass.incidents.governor import Decision, PowerOutcome
 from breakglass.remote import RemoteError, Verb
 
 __all__ = ["AgentRemediator", "first_message", "system_prompt"]
@@ -246,6 +247,8 @@ class _Loop:
             self.sent_instructions = set(rebuilt.sent_instructions)
             self.tools.acted.extend(rebuilt.acted)
             self.tools.verbs_ok.extend(Verb(v) for v in rebuilt.verbs_ok if v in {x.value for x in Verb})
+            if rebuilt.budget is not None:
+                self.tools.denied = _budget_denial(rebuilt.budget)
 
     async def run(self) -> RemediationResult:
         stop_why: str | None = None
@@ -371,17 +374,24 @@ class _Loop:
             if block.type != "tool_use":
                 continue
             args = block.input if isinstance(block.input, dict) else {}
+            denied = self.tools.denied
             res = await self.tools.call(block.name, args)
-            self.ctx.record(
-                "tool_result",
-                {
-                    "id": block.id,
-                    "name": block.name,
-                    "status": res.status,
-                    "output": res.text,
-                    "acted": res.acted,
-                },
-            )
+            data: dict[str, Any] = {
+                "id": block.id,
+                "name": block.name,
+                "status": res.status,
+                "output": res.text,
+                "acted": res.acted,
+            }
+            if self.tools.denied is not denied:
+                # The budget refused a power verb: a resumed conversation escalates for the budget too.
+                d = self.tools.denied.decision
+                data["budget"] = {
+                    "verb": d.verb.value,
+                    "reason": d.reason,
+                    "next_allowed_at": d.next_allowed_at,
+                }
+            self.ctx.record("tool_result", data)
             results.append(tool_result(block.id, block.name, res.text, is_error=res.is_error))
         self.messages.append({"role": "user", "content": results})
 
@@ -455,6 +465,14 @@ class _Loop:
             return None
         why = f"{out.result}: {out.decision.reason}"
         return f"the VM is stopped: the model sent stop and start was not sent ({why})"
+
+
+def _budget_denial(stored: Mapping[str, Any]) -> PowerOutcome:
+    """The budget's refusal of a power verb as stored on its tool_result step."""
+    verb = Verb(str(stored["verb"]))
+    reason, at = str(stored.get("reason") or "the budget refused"), stored.get("next_allowed_at")
+    decision = Decision(False, verb, reason, float(at) if at is not None else None, 0)
+    return PowerOutcome(verb, "denied", decision, None, "", None)
 
 
 def _api_message(exc: anthropic.APIError) -> str:

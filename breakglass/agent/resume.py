@@ -64,6 +64,7 @@ class Rebuilt:
     sent_instructions: set[int] = field(default_factory=set)  # instruction step ids already sent
     acted: list[Sent] = field(default_factory=list)  # what changed (or may have changed) the VM
     verbs_ok: list[str] = field(default_factory=list)  # power verbs the host carried out
+    budget: dict[str, Any] | None = None  # the budget's last refusal of a power verb (tool_result data)
 
 
 def current_pass(steps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -177,6 +178,8 @@ def _one_turn(
             answers.append(tool_result(call["id"], call["name"], INTERRUPTED, is_error=True))
             continue
         _count_acted(out, call, res)
+        if isinstance(res.get("budget"), dict):
+            out.budget = res["budget"]
         output, status = str(res.get("output") or ""), res.get("status") or "ok"
         answers.append(tool_result(call["id"], call["name"], output, is_error=status != "ok"))
     out.messages.append({"role": "user", "content": answers})

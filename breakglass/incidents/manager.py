@@ -549,7 +549,10 @@ class IncidentManager:
                 "detail": result.detail,
             },
         )
-        if any(p.result == "dry_run" for p in power_results) and result.outcome != "escalate":
+        # A resumed pass's dry runs before the restart are in the ledger, not in power_results.
+        before = [p["result"] for p in inc.get("power_actions", ())] if resume is not None else []
+        dry = "dry_run" in before or any(p.result == "dry_run" for p in power_results)
+        if dry and result.outcome != "escalate":
             result = RemediationResult(
                 outcome="escalate",
                 found=result.found,
