@@ -43,9 +43,13 @@ class WaitressServer:
     """``app`` under waitress on a loopback port, serving from a background thread until ``stop()``."""
 
     def __init__(self, app: Flask, *, threads: int = 4, **adjustments: Any) -> None:
+        before = set(threading.enumerate())
         self._server: Any = waitress.create_server(
             app, host="127.0.0.1", port=0, threads=threads, **adjustments
         )
+        # Its worker threads (started by create_server): waitress forgets each one just before
+        # it ends, so the stop joins them itself.
+        self._workers = [t for t in threading.enumerate() if t not in before]
         self.port = int(self._server.effective_port)
         self.url = f"http://127.0.0.1:{self.port}"
         name = f"waitress-loop-{self.port}"
@@ -77,7 +81,10 @@ class WaitressServer:
         if not done.is_set():  # the loop had ended already: nothing waits on the sockets
             close_everything()
         self._server.task_dispatcher.shutdown(timeout=timeout)
-        if self._server.task_dispatcher.threads:
+        deadline = time.monotonic() + timeout
+        for t in self._workers:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if self._server.task_dispatcher.threads or any(t.is_alive() for t in self._workers):
             raise RuntimeError(f"waitress worker threads still running after {timeout:g} s")
 
 
@@ -114,6 +121,10 @@ class Servers:
             thread.join(STOP_SECONDS)
             if thread.is_alive():
                 raise RuntimeError(f"the web server's loop did not end within {STOP_SECONDS:g} s")
+            # Its pools are shut down without waiting: a request still in the app runs to its end.
+            left = server.join(STOP_SECONDS)
+            if left:
+                raise RuntimeError(f"the web server's threads {left} still running after {STOP_SECONDS:g} s")
 
         return self.add(f"web server on port {server.effective_port}", server, stop)
 

@@ -3,11 +3,16 @@ leftover child process each fail a run; a skipped test is named in the closing s
 
 from __future__ import annotations
 
+import http.client
+import threading
 import tomllib
 from pathlib import Path
 
 import pytest
+from flask import Flask
 from servers import Servers
+
+from breakglass.web.server import WebServer
 
 TESTS = Path(__file__).resolve().parent
 PYPROJECT = TESTS.parent / "pyproject.toml"
@@ -100,3 +105,32 @@ def test_a_process_wide_pool_first_used_inside_a_test_is_not_a_servers_leftover(
         pool = module.get_shared_executor()
         pool.submit(lambda: None).result(5)
     pool.shutdown(wait=True)
+
+
+def test_a_web_servers_threads_are_joined_after_it_stops_even_mid_request() -> None:
+    # Its pools shut down without waiting (a stopping service does not wait on a request), so the
+    # servers fixture joins them through WebServer.join: a request still in the app runs to its end.
+    entered, release = threading.Event(), threading.Event()
+    app = Flask(__name__)
+
+    @app.get("/slow")
+    def slow() -> str:
+        entered.set()
+        release.wait(30)
+        return "done"
+
+    server = WebServer(app, host="127.0.0.1", port=0, threads=2)
+    loop = threading.Thread(target=server.run, name=f"web-loop-{server.effective_port}")
+    loop.start()
+    conn = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=10)
+    try:
+        conn.request("GET", "/slow")
+        assert entered.wait(10)
+        server.close()
+        loop.join(10)
+        assert not loop.is_alive()
+        assert server.join(0.05) == ["breakglass-web_0"]  # still in the app
+    finally:
+        release.set()
+        conn.close()
+    assert server.join(10) == []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -100,6 +101,10 @@ class Hub:
         self._loop = loop
         loop.call_later(self._fallback, self._tick)
         self._tasks.add(loop.create_task(self._keepalives()))
+
+    def threads(self) -> list[threading.Thread]:
+        """The reader threads started so far."""
+        return list(self._pool._threads)
 
     def close(self) -> None:
         """Stop the reader threads and the background tasks."""

@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -116,6 +117,16 @@ class WebServer:
                 loop.call_soon_threadsafe(stop.set)
         else:
             self._sock.close()
+
+    def join(self, timeout: float) -> list[str]:
+        """After :meth:`run` returned: wait up to ``timeout`` s for the request and stream-reader
+        threads (a request still in the app when the server closed runs to its end); the names
+        of those still running."""
+        deadline = time.monotonic() + timeout
+        threads = [*self._pool._threads, *self.hub.threads()]
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return [t.name for t in threads if t.is_alive()]
 
     async def _main(self, handle_signals: bool) -> None:
         loop = asyncio.get_running_loop()
