@@ -11,11 +11,12 @@ FROM python:3.11-slim AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY breakglass ./breakglass
 # Dependencies come from pyproject's [project] dependencies only; the dev extra
-# (pytest, ruff, playwright, ...) never reaches the image.
-RUN pip wheel --wheel-dir /wheels .
+# (pytest, ruff, playwright, ...) never reaches the image. constraints.txt pins them to the
+# versions the suite passed with.
+RUN pip wheel --wheel-dir /wheels -c constraints.txt .
 
 # --- runtime: the wheels installed into a clean slim image, run as non-root ---
 FROM python:3.11-slim AS runtime

@@ -8,15 +8,21 @@ STAMP := $(VENV)/.installed
 # so more workers than the 2 cores it was measured on pays (see README, Tests).
 TEST_WORKERS ?= 3
 
-.PHONY: install debian-deps demo test lint bench bench-fleet clean screenshots
+.PHONY: install constraints debian-deps demo test lint bench bench-fleet clean screenshots
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev]' -c constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-pin constraints.txt to the newest releases pyproject.toml allows; run make test before committing it.
+constraints: $(STAMP)
+	$(BIN)/pip install -q -U -e '.[dev]'
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --all --exclude-editable --exclude pip; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 # apt-get as root; otherwise prints the command to run (skipped suites are named at the end).
 debian-deps:

@@ -116,3 +116,17 @@ def test_the_demo_config_reaches_the_demo_and_its_temp_folder_is_gone_after_exit
             proc.stdout.close()
     assert proc.returncode == 0
     assert list(tmp.glob("breakglass-demo-*")) == []
+
+
+def test_serve_prints_no_library_warning_at_import() -> None:
+    """cryptography 51 warns about DSA when asyncssh imports it: not an operator's business.
+
+    With warnings as errors the import fails outright, as the suite's collection did.
+    """
+    imports = "import breakglass.cli, breakglass.remote, breakglass.sim.server"
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", imports],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
