@@ -8,8 +8,10 @@ start_serve(config, log, env={**os.environ, "PYTHONPATH": str(source_tree("d46d5
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -69,8 +71,17 @@ def source_tree(ref: str, tmp: Path) -> Path:
     return dest
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the benchmark dies, however it dies (Linux)."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def start_serve(config: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """``breakglass serve -c config`` as a child process, its output in ``log``, started in its folder."""
+    """``breakglass serve -c config`` as a child process, its output in ``log``, started in its folder.
+
+    It is stopped when the benchmark stops, even by a signal its ``finally`` never sees.
+    """
     with log.open("w") as out:
         return subprocess.Popen(
             [
@@ -85,6 +96,7 @@ def start_serve(config: Path, log: Path, env: dict[str, str] | None = None) -> s
             stderr=subprocess.STDOUT,
             env=env or dict(os.environ),
             cwd=str(config.parent),
+            preexec_fn=_die_with_parent,
         )
 
 
