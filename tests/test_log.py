@@ -8,8 +8,11 @@ import logging
 import re
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from breakglass.config import LogSettings
-from breakglass.log import REDACTED, configure_logging, get_logger, redact_text
+from breakglass.log import _SECRET_VALUES, REDACTED, configure_logging, get_logger, redact_text
 
 TOKEN = "wh-7f3c9e2a1b4d5e6f7a8b9c0d"
 API_KEY = "sk-ant-api03-Zx9yW8vU7tS6rQ5pO4nM3lK2jI1hG0fE"
@@ -141,6 +144,36 @@ def test_configuring_twice_does_not_duplicate_lines(captured):
     configure_logging(LogSettings(format="json", level="info"), stream=captured)
     get_logger("t").info("once")
     assert len(lines(captured)) == 1
+
+
+# Pieces of every secret shape, and near misses, joined at random.
+_PIECES = st.sampled_from(
+    [
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbg==\n-----END OPENSSH PRIVATE KEY-----",
+        "-----BEGIN RSA PRIVATE KEY-----",
+        "PRIVATE KEY",
+        "Bearer abc.def-123",
+        "bearer\ttok",
+        "Bearer",
+        "Basic QWxhZGRpbjpvcGVu",
+        "Basic ",
+        "sk-ant-api03-abc",
+        "sk-ant",
+        " ",
+        "\n",
+        "=",
+        "-",
+        "token",
+    ]
+)
+
+
+@given(st.lists(_PIECES | st.text(max_size=8), max_size=12).map("".join))
+def test_the_quick_check_never_skips_what_the_patterns_would_mask(text: str) -> None:
+    masked = text
+    for pattern, replacement in _SECRET_VALUES:
+        masked = pattern.sub(replacement, masked)
+    assert redact_text(text) == masked
 
 
 def test_redact_text_leaves_ordinary_text_alone():
