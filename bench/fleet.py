@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -46,15 +45,11 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from simchild import proc_cpu, simulators, source_tree, start_serve
 
+from breakglass.sim.statedir import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 PAGE_EVERY_SECONDS = 5.0  # a person reloading the page
 SCRAPE_EVERY_SECONDS = 15.0  # Prometheus scraping /metrics
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(url: str, timeout: float = 60.0) -> tuple[float, bytes]:
@@ -113,7 +108,7 @@ def run_case(
     """Run one serve over ``entries`` and measure it; ``code`` is "HEAD" or a git revision."""
     folder = tmp / f"{code}-n{n}"
     folder.mkdir()
-    port = _free_port()
+    port = free_port()
     cfg = {
         "store_path": str(folder / "breakglass.db"),
         "targets": entries,

@@ -25,7 +25,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from typing import Any
 
 import yaml
 from simchild import proc_cpu, source_tree, start_serve
+
+from breakglass.sim.statedir import free_port
 
 ALERT = {
     "status": "firing",
@@ -59,12 +60,6 @@ NOTIFICATION = {
     "externalURL": "http://alertmanager:9093",
     "alerts": [ALERT],
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def hammer(
@@ -134,7 +129,7 @@ def run(
     folder = tmp / f"serve-{code}"
     folder.mkdir(exist_ok=True)
     doc = yaml.safe_load(sim_config.read_text())
-    port = _free_port()
+    port = free_port()
     doc["web"] = {**doc.get("web", {}), "port": port, "threads": max(16, clients)}
     doc["budget"] = {**doc.get("budget", {}), "dry_run": True}
     doc["log"] = {"format": "json", "level": "warning"}

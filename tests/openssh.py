@@ -19,16 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from breakglass.sim.statedir import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "deploy" / "pve" / "breakglass-verbs"
 FAKE_QM = Path(__file__).resolve().parent / "fixtures" / "pve" / "fake_qm.py"
 SSHD = "/usr/sbin/sshd"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _keygen(path: Path, comment: str) -> str:
@@ -47,7 +43,7 @@ class OpenSshHost:
             pytest.skip("SKIPPED LOUDLY: sshd must run as root to log in as root")
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         self.log_dir = root / "verbs-log"
         self.record = root / "qm-calls.jsonl"
         bin_dir = root / "bin"

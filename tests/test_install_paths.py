@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from breakglass.sim.runner import SimHandle
+from breakglass.sim.statedir import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "deploy" / "systemd" / "breakglass.service"
@@ -213,14 +214,6 @@ def mount_points() -> Iterator[None]:
     yield
     for p in made:
         p.rmdir()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def documented_permissions(etc: Path, data: Path) -> None:

@@ -20,7 +20,9 @@ import pytest
 import yaml
 
 from breakglass.config import SshEndpoint
+from breakglass.sim import statedir
 from breakglass.sim.runner import SimHandle, SimThread
+from breakglass.sim.statedir import free_port
 
 if TYPE_CHECKING:
     from conftest import SimProcess
@@ -388,9 +390,7 @@ def test_sim_inject_and_clear_drive_a_running_simulator(sim_process: SimProcess)
 
 
 def test_sim_inject_exits_1_without_a_traceback_when_nothing_listens(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     result = breakglass("sim", "inject", "io_stall", "--control", f"http://127.0.0.1:{port}")
     assert result.returncode == 1
     assert "cannot reach the simulator" in result.stderr
@@ -408,3 +408,31 @@ def test_the_sim_cli_keeps_its_ports_across_a_restart(
         first.info["pve_port"],
     )
     assert second.stop() == 0
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    return int(low), int(high)
+
+
+def test_a_picked_port_is_one_no_outgoing_connection_or_port_0_bind_can_take() -> None:
+    # A web port is picked here and bound later by another process (serve). Ports from the
+    # kernel's ephemeral range are what every outgoing connection's local end takes meanwhile:
+    # a loaded machine's SSH probes took one and serve exited "port already in use".
+    low, _high = _ephemeral_range()
+    if low - statedir.PICK_LOW < 1000:
+        pytest.skip(f"SKIPPED LOUDLY: the ephemeral range starts at {low}, leaving no room below it")
+    picks = [free_port() for _ in range(50)]
+    assert all(statedir.PICK_LOW <= p < low for p in picks), picks
+    assert len(set(picks)) == len(picks)  # one process never hands out the same port twice in a row
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", picks[-1] + 1 if picks[-1] + 1 < low else statedir.PICK_LOW))
+        listener.listen()
+        taken = listener.getsockname()[1]
+        assert all(free_port() != taken for _ in range(200))  # a port in use is skipped
+
+
+def test_a_preferred_free_port_is_kept() -> None:
+    port = free_port()
+    assert free_port(preferred=port) == port

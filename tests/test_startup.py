@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from breakglass.sim.runner import SimHandle
+from breakglass.sim.statedir import free_port
 
 CLI = [sys.executable, "-m", "breakglass.cli"]
 
@@ -76,17 +77,11 @@ def test_serve_on_a_taken_port_exits_2_with_one_line(sim: SimHandle, tmp_path: P
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_the_demo_config_reaches_the_demo_and_its_temp_folder_is_gone_after_exit(tmp_path: Path) -> None:
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(tmp)}
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [*CLI, "demo", "--port", str(port)],
         stdout=subprocess.PIPE,

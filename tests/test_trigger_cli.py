@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from web_support import web_config
 
 from breakglass.config import Config
 from breakglass.sim.runner import SimHandle
+from breakglass.sim.statedir import free_port
 from breakglass.web.client import api_base, trigger_command
 
 
@@ -76,17 +76,11 @@ def test_trigger_with_an_unknown_target_exits_2(served: SimHandle) -> None:
     assert "ghost" in r.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_trigger_exits_1_when_the_service_is_unreachable(tmp_path: Path) -> None:
     token = tmp_path / "api_token"
     token.write_text("t\n")
     cfg = web_config(tmp_path, ("devvm",))
-    web = cfg.web.model_copy(update={"port": _free_port(), "api_token_file": token})
+    web = cfg.web.model_copy(update={"port": free_port(), "api_token_file": token})
     assert trigger_command(cfg.model_copy(update={"web": web}), target=None, reason="x") == 1
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,13 +208,49 @@ def port_is_free(port: int, host: str = LOOPBACK) -> bool:
     return True
 
 
-def free_port(preferred: int | None = None, host: str = LOOPBACK) -> int:
-    """Return ``preferred`` if it is free, else a port the kernel picks."""
-    if preferred and port_is_free(preferred, host):
-        return preferred
+# A port picked now for a server another process binds later must not be handed out meanwhile.
+# The kernel hands out ports on its own (a bind to port 0, the local end of every outgoing
+# connection) only from net.ipv4.ip_local_port_range, so picks come from below it: from
+# PICK_LOW up, each process from its own pid-derived place, then one after another.
+PICK_LOW = 20000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_pick_lock = threading.Lock()
+_next_pick: int | None = None
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default range starts here
+
+
+def _kernel_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def free_port(preferred: int | None = None, host: str = LOOPBACK) -> int:
+    """Return ``preferred`` if it is free, else a free port the kernel does not hand out itself.
+
+    Falls back to a port the kernel picks when the ephemeral range leaves too little room below it.
+    """
+    global _next_pick
+    if preferred and port_is_free(preferred, host):
+        return preferred
+    span = _ephemeral_low() - PICK_LOW
+    if span < 1000:
+        return _kernel_port(host)
+    with _pick_lock:
+        if _next_pick is None or not PICK_LOW <= _next_pick < PICK_LOW + span:
+            _next_pick = PICK_LOW + (os.getpid() * 7919) % span
+        for _ in range(span):
+            port = _next_pick
+            _next_pick = PICK_LOW + (port - PICK_LOW + 1) % span
+            if port_is_free(port, host):
+                return port
+    return _kernel_port(host)
 
 
 def write_known_hosts(paths: StatePaths, keys: SimKeys, devvm_port: int, pve_port: int) -> None:
