@@ -10,15 +10,17 @@ from pathlib import Path
 
 from harness import wait_for
 
+from breakglass.sim.runner import SimHandle
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
-# A stand-in benchmark: starts a long-lived child the way start_serve does, prints its pid, waits.
+# A stand-in benchmark: starts a real serve with start_serve, prints its pid, waits.
 PARENT = """
-import subprocess, sys, time
+import sys, time
+from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import simchild
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
-                         preexec_fn=simchild._die_with_parent)
+child = simchild.start_serve(Path(sys.argv[2]), Path(sys.argv[3]))
 print(child.pid, flush=True)
 time.sleep(120)
 """
@@ -33,15 +35,21 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_a_child_of_a_benchmark_killed_with_sigkill_is_stopped_too() -> None:
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(BENCH)], stdout=subprocess.PIPE, text=True)
+def test_the_serve_of_a_benchmark_killed_with_sigkill_is_stopped_too(sim: SimHandle, tmp_path: Path) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(BENCH), str(sim.config_path), str(tmp_path / "serve.log")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
+    log = tmp_path / "serve.log"
     try:
-        assert _alive(child)
+        wait_for(lambda: '"serving"' in log.read_text(), within=30, what="the benchmark's serve to listen")
         parent.send_signal(signal.SIGKILL)  # no finally, no atexit: only the kernel can stop the child
         parent.wait()
-        wait_for(lambda: not _alive(child), within=10, what="the orphaned child to get SIGTERM")
+        wait_for(lambda: not _alive(child), within=30, what="the orphaned serve to get SIGTERM and stop")
+        assert '"stopping"' in log.read_text()  # it stopped as SIGTERM stops it, not by dying some other way
     finally:
         if _alive(child):
             os.kill(child, signal.SIGKILL)

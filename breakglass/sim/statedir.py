@@ -215,7 +215,8 @@ def port_is_free(port: int, host: str = LOOPBACK) -> bool:
 PICK_LOW = 20000
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _pick_lock = threading.Lock()
-_next_pick: int | None = None
+_span: int | None = None  # ports from PICK_LOW up to the ephemeral range
+_next_pick = PICK_LOW
 
 
 def _ephemeral_low() -> int:
@@ -236,20 +237,19 @@ def free_port(preferred: int | None = None, host: str = LOOPBACK) -> int:
 
     Falls back to a port the kernel picks when the ephemeral range leaves too little room below it.
     """
-    global _next_pick
+    global _next_pick, _span
     if preferred and port_is_free(preferred, host):
         return preferred
-    span = _ephemeral_low() - PICK_LOW
-    if span < 1000:
-        return _kernel_port(host)
     with _pick_lock:
-        if _next_pick is None or not PICK_LOW <= _next_pick < PICK_LOW + span:
-            _next_pick = PICK_LOW + (os.getpid() * 7919) % span
-        for _ in range(span):
-            port = _next_pick
-            _next_pick = PICK_LOW + (port - PICK_LOW + 1) % span
-            if port_is_free(port, host):
-                return port
+        if _span is None:  # read once: the range is a machine setting
+            _span = _ephemeral_low() - PICK_LOW
+            _next_pick = PICK_LOW + (os.getpid() * 7919) % max(_span, 1)
+        if _span >= 1000:
+            for _ in range(_span):
+                port = _next_pick
+                _next_pick = PICK_LOW + (port - PICK_LOW + 1) % _span
+                if port_is_free(port, host):
+                    return port
     return _kernel_port(host)
 
 
