@@ -401,3 +401,132 @@ def test_the_nesting_limit_is_the_same_whether_strings_need_cleaning_or_not(surr
                 body.load_json(doc.encode())
     cleaned = body.load_json(b'{"k\\udc00": ["\\ud83d\\ude00", "\\ud800"]}')
     assert cleaned == {"k\ufffd": ["\U0001f600", "\ufffd"]}
+
+
+# -- copies through the real server: answered on its loop, without the app --------------------
+
+
+class _Counted:
+    """The app's WSGI callable, counting the requests that reach it."""
+
+    def __init__(self, app: Flask) -> None:
+        self.calls = 0
+        self._inner = app.wsgi_app
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        self.calls += 1
+        return self._inner(environ, start_response)
+
+
+def _raw_post(port: int, data: bytes, headers: list[tuple[str, str]]) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("POST", "/api/v1/alertmanager", skip_accept_encoding=True)
+        framing = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        for name, value in [*framing, *headers]:
+            conn.putheader(name, value)
+        conn.endheaders(data)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def test_a_copy_through_the_server_is_answered_without_the_app_exactly_as_the_app_answers_it(
+    app: Flask, client: FlaskClient, store: Store, servers: Servers, captured: io.StringIO
+) -> None:
+    # Handing each copy to the app's thread pool and back cost about half of answering it
+    # (bench/webhook.py): the server answers copies on its loop.
+    counted = app.wsgi_app = _Counted(app)  # type: ignore[method-assign]
+    port = servers.web(app).effective_port
+    data = json.dumps(payload(alert())).encode()
+    auth = [("Authorization", AUTH["Authorization"])]
+    status, _, first = _raw_post(port, data, auth)
+    assert (status, json.loads(first)["opened"], counted.calls) == (200, [1], 1)
+    steps = counts(store)
+
+    status, headers, again = _raw_post(port, data, auth)
+    assert status == 200
+    assert counted.calls == 1  # not through the app
+    assert counts(store) == steps
+    by_app = post(client, payload(alert()))
+    assert counted.calls == 2
+    assert again == by_app.data
+    assert json.loads(again)["duplicates"] == 1
+    expected = {k.lower(): v for k, v in by_app.headers.items()}
+    assert {k: v for k, v in headers.items() if k != "content-length"} == {
+        k: v for k, v in expected.items() if k != "content-length"
+    }
+    assert headers["content-length"] == str(len(again))
+    registry = app.extensions["breakglass"].metrics.registry
+    assert registry.get_sample_value("breakglass_alerts_received_total", {"status": "firing"}) == 3
+    received = [json.loads(line) for line in captured.getvalue().splitlines() if '"webhook_received"' in line]
+    assert [e["duplicates"] for e in received] == [0, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("case", "status"),
+    [
+        ("wrong token", 401),
+        ("no token", 401),
+        ("token sent twice", 401),
+        ("not json", 400),
+        ("a field missing", 400),
+        ("the alert resolved", 200),
+        ("a new alert beside the copy", 200),
+        ("a body past the quick cap", 200),
+    ],
+)
+def test_anything_but_a_plain_copy_goes_through_the_app(
+    app: Flask, store: Store, servers: Servers, case: str, status: int
+) -> None:
+    counted = app.wsgi_app = _Counted(app)  # type: ignore[method-assign]
+    port = servers.web(app).effective_port
+    auth = [("Authorization", AUTH["Authorization"])]
+    assert _raw_post(port, json.dumps(payload(alert())).encode(), auth)[0] == 200
+    note = payload(alert())
+    headers = auth
+    if case == "wrong token":
+        headers = [("Authorization", "Bearer not-the-webhook-token-0123")]
+    elif case == "no token":
+        headers = []
+    elif case == "token sent twice":
+        headers = auth * 2
+    elif case == "a field missing":
+        del note["receiver"]
+    elif case == "the alert resolved":
+        note = payload(alert("resolved"), status="resolved")
+    elif case == "a new alert beside the copy":
+        note = payload(alert(), alert(fingerprint="fp2"))
+    elif case == "a body past the quick cap":
+        note["commonAnnotations"] = {"description": "d" * 20_000}
+    data = b"{not json" if case == "not json" else json.dumps(note).encode()
+    before = counts(store)
+    got, _, answer = _raw_post(port, data, headers)
+    assert (got, counted.calls) == (status, 2), answer
+    if status != 200:
+        assert counts(store) == before
+
+
+def test_a_quick_answer_that_fails_is_logged_and_the_app_answers_instead(
+    app: Flask, store: Store, servers: Servers, captured: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted = app.wsgi_app = _Counted(app)  # type: ignore[method-assign]
+    port = servers.web(app).effective_port
+    data, auth = json.dumps(payload(alert())).encode(), [("Authorization", AUTH["Authorization"])]
+    assert _raw_post(port, data, auth)[0] == 200
+    real = store.alert_duplicate
+    failures = iter([sqlite3.OperationalError("disk I/O error")])
+
+    def flaky(*args: Any) -> int | None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return real(*args)
+
+    monkeypatch.setattr(store, "alert_duplicate", flaky)
+    status, _, answer = _raw_post(port, data, auth)
+    assert (status, json.loads(answer)["duplicates"], counted.calls) == (200, 1, 2)
+    [entry] = [json.loads(line) for line in captured.getvalue().splitlines() if "quick_answer_failed" in line]
+    assert entry["path"] == "/api/v1/alertmanager"
+    assert "disk I/O error" in entry["exception"]

@@ -22,8 +22,10 @@ from breakglass.web.auth import init_auth
 from breakglass.web.context import (
     EXTENSION,
     MAX_BODY_BYTES,
+    QUICK_ANSWERS,
     ApiError,
     CoreHandle,
+    QuickAnswer,
     WebContext,
     error_response,
     web_context,
@@ -82,7 +84,12 @@ def create_app(
     app.config.update(TESTING=testing, MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
     # Keep the field order of each serialiser (id first) instead of sorting keys.
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[EXTENSION] = WebContext(cfg=cfg, store=store, metrics=metrics, core=core)
+    ctx = app.extensions[EXTENSION] = WebContext(cfg=cfg, store=store, metrics=metrics, core=core)
+
+    def alert_copies(headers: dict[str, str], raw: bytes) -> Any:
+        return webhook.copies_answer(ctx, headers.get("authorization"), raw)
+
+    app.extensions[QUICK_ANSWERS] = {("POST", webhook.PATH): _json_quick(app, webhook.PATH, alert_copies)}
 
     # Authentication and CSRF run before every other hook and handler.
     init_auth(app, cfg)
@@ -97,6 +104,28 @@ def create_app(
     app.register_error_handler(Exception, _unexpected_error)
     app.after_request(_security_headers)
     return app
+
+
+def _json_quick(app: Flask, path: str, answer: Callable[[dict[str, str], bytes], Any]) -> QuickAnswer:
+    """A quick answer of ``answer``'s JSON, framed as the app frames a ``jsonify`` on ``path``."""
+    headers = [("Content-Type", app.json.mimetype), *answer_headers(path)]  # type: ignore[attr-defined]
+
+    def quick(request_headers: dict[str, str], raw: bytes) -> tuple[int, list[tuple[str, str]], bytes] | None:
+        obj = answer(request_headers, raw)
+        if obj is None:
+            return None
+        return 200, headers, f"{app.json.dumps(obj, separators=(',', ':'))}\n".encode()
+
+    return quick
+
+
+def answer_headers(path: str) -> list[tuple[str, str]]:
+    """The headers every answer on ``path`` carries unless its view set them."""
+    headers = list(SECURITY_HEADERS.items())
+    # Pages, API answers and metrics are live state: never cached. Static assets may be.
+    if not path.startswith("/static/"):
+        headers.append(("Cache-Control", "no-store"))
+    return headers
 
 
 def _is_api() -> bool:
@@ -131,10 +160,9 @@ def _unexpected_error(exc: Exception) -> Any:
 def _security_headers(response: Response) -> Response:
     # One pass over the headers (setdefault scanned them once per header).
     present = {name.lower() for name in response.headers.keys()}  # noqa: SIM118 (Headers, not dict)
-    for name, value in SECURITY_HEADERS.items():
-        if name.lower() not in present:
+    for name, value in answer_headers(request.path):
+        if name == "Cache-Control":
+            response.headers[name] = value
+        elif name.lower() not in present:
             response.headers.add(name, value)
-    # Pages, API answers and metrics are live state: never cached. Static assets may be.
-    if not request.path.startswith("/static/"):
-        response.headers["Cache-Control"] = "no-store"
     return response

@@ -87,8 +87,12 @@ def tokens_equal(given: str | None, expected: str | None) -> bool:
 
 def bearer_token() -> str | None:
     """The token of an ``Authorization: Bearer ...`` header, if any."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+    return parse_bearer(request.headers.get("Authorization"))
+
+
+def parse_bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization`` header's value when it is ``Bearer ...``, if any."""
+    scheme, _, token = (header or "").partition(" ")
     if scheme.lower() != "bearer":
         return None
     return token.strip() or None

@@ -6,7 +6,7 @@ app factory can import them without a cycle (flaskr's ``db.py`` habit).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,6 +24,13 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_ID = 2**63 - 1
 # The URL rule for an id: Werkzeug answers 404 itself for anything above MAX_ID.
 ID_RULE = f"int(max={MAX_ID})"
+
+# Requests the server may answer without the app, on its loop: (method, path) to a function of
+# the request's headers (lower-case names) and body giving (status, headers, body), or None for
+# the app to answer. Only answers that never wait or write belong here: SQLite reads of the
+# store are fine (in WAL mode a reader does not wait for a writer), a lock or the core is not.
+QUICK_ANSWERS = "breakglass.quick_answers"
+QuickAnswer = Callable[[dict[str, str], bytes], "tuple[int, list[tuple[str, str]], bytes] | None"]
 
 
 class CoreHandle(Protocol):

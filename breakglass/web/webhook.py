@@ -26,13 +26,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from breakglass.config import Config, current_secret
 from breakglass.core import CoreUnavailable
-from breakglass.web.auth import bearer_token, tokens_equal
+from breakglass.web.auth import bearer_token, parse_bearer, tokens_equal
 from breakglass.web.body import WholeNumber, load_json, validate
-from breakglass.web.context import ApiError, web_context
+from breakglass.web.context import ApiError, WebContext, web_context
 
 log = structlog.get_logger("breakglass.web")
 
 bp = Blueprint("webhook", __name__, url_prefix="/api/v1")
+PATH = "/api/v1/alertmanager"
 
 MAX_REASON = 500
 FALLBACK_LABEL = "instance"
@@ -119,6 +120,35 @@ def parse_notification(raw: bytes) -> Notification:
     return validate(Notification, load_json(raw))
 
 
+def copies_answer(ctx: WebContext, authorization: str | None, raw: bytes) -> dict[str, Any] | None:
+    """The answer to a notification that needs no write, or None for the full view to decide.
+
+    A notification whose every alert is a copy for its target's active incident (or names
+    no configured target) changes nothing: it is answered from one read per alert, without
+    Flask, the write lock or the core. Anything else (a wrong token, a bad body, an alert
+    that opens, attaches, resolves or is deferred) is None, and the view answers it, errors
+    included, so the two can never disagree on what is refused.
+    """
+    expected = current_secret(ctx.cfg.web.webhook_token_file)
+    if not expected or not tokens_equal(parse_bearer(authorization), expected):
+        return None
+    try:
+        note = parse_notification(raw)
+    except ApiError:
+        return None
+    results: list[dict[str, Any]] = []
+    for alert in note.alerts:
+        entry, target = _entry(ctx, alert)
+        if target is not None:
+            if ctx.store.alert_duplicate(target, alert.fingerprint, alert.status) is None:
+                return None
+            entry["outcome"] = "duplicate"
+        results.append(entry)
+    for alert in note.alerts:
+        ctx.metrics.alert_received(alert.status)
+    return _summary(note, results)
+
+
 @bp.post("/alertmanager")
 def alertmanager() -> Any:
     """Open or attach incidents for firing alerts; record resolved ones; report what happened."""
@@ -129,15 +159,9 @@ def alertmanager() -> Any:
     results: list[dict[str, Any]] = []
     for alert in note.alerts:
         ctx.metrics.alert_received(alert.status)
-        target, looked_up = alert_target(ctx.cfg, alert.labels)
-        entry: dict[str, Any] = {
-            "fingerprint": alert.fingerprint,
-            "status": alert.status,
-            "target": target,
-        }
+        entry, target = _entry(ctx, alert)
         results.append(entry)
         if target is None:
-            entry.update(outcome="unknown_target", label_value=looked_up)
             continue
         # A copy of what the active incident already holds: answered without the write lock.
         if ctx.store.alert_duplicate(target, alert.fingerprint, alert.status) is not None:
@@ -153,6 +177,20 @@ def alertmanager() -> Any:
             # Alertmanager retry, and the retry is not taken for a copy.
             log.exception("webhook_delivery_failed", fingerprint=alert.fingerprint, target=target)
             raise ApiError(500, "delivery_failed", f"{type(exc).__name__}: {exc}") from None
+    return jsonify(_summary(note, results))
+
+
+def _entry(ctx: WebContext, alert: Alert) -> tuple[dict[str, Any], str | None]:
+    """An alert's line of the answer, and its configured target (None: answered as unknown)."""
+    target, looked_up = alert_target(ctx.cfg, alert.labels)
+    entry: dict[str, Any] = {"fingerprint": alert.fingerprint, "status": alert.status, "target": target}
+    if target is None:
+        entry.update(outcome="unknown_target", label_value=looked_up)
+    return entry, target
+
+
+def _summary(note: Notification, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The answer to a notification from its alerts' lines, logged as ``webhook_received``."""
     summary = {
         "received": len(note.alerts),
         "opened": sorted({r["incident_id"] for r in results if r.get("outcome") == "opened"}),
@@ -173,7 +211,7 @@ def alertmanager() -> Any:
         duplicates=summary["duplicates"],
         deferred=summary["deferred"],
     )
-    return jsonify(summary)
+    return summary
 
 
 def _apply(alert: Alert, target: str) -> dict[str, Any]:
