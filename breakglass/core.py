@@ -50,6 +50,8 @@ class TargetRuntime:
     rules: TargetState
     conditions: tuple[str, ...] = ()
     detail: dict[str, str] | None = None
+    # The newest readings ``attention`` judged, and whether they were green: judged once each.
+    judged: tuple[Readings | None, bool] = (None, True)
 
 
 class Core:
@@ -252,7 +254,7 @@ class Core:
         self.metrics.observe_readings(readings)
         # Alerts the cooldown held back are delivered on the first round after it ends.
         self.manager.release_deferred(
-            readings.target, {"conditions": list(rt.conditions), "readings": readings.to_dict()}
+            readings.target, lambda: {"conditions": list(rt.conditions), "readings": readings.to_dict()}
         )
         if self._inconclusive(readings):
             # Stored and shown, but the rules neither count it nor reset on it.
@@ -361,13 +363,19 @@ class Core:
         def rank(name: str) -> int:
             if name in active:
                 return 0
-            if self.targets[name].conditions:
+            rt = self.targets[name]
+            if rt.conditions:
                 return 1
             latest = self.feed.latest(name)
-            return 2 if latest is not None and not is_healthy(latest, self.cfg.rules) else 3
+            if latest is None:
+                return 3
+            if rt.judged[0] is not latest:  # a page reloaded every few seconds sees each round once
+                rt.judged = (latest, is_healthy(latest, self.cfg.rules))
+            return 3 if rt.judged[1] else 2
 
-        ranked = sorted(self.targets, key=rank)  # stable: configuration order within a rank
-        return [name for name in ranked if rank(name) < 3]
+        ranks = {name: rank(name) for name in self.targets}
+        ranked = sorted(self.targets, key=ranks.__getitem__)  # stable: configuration order within a rank
+        return [name for name in ranked if ranks[name] < 3]
 
     def status(self, names: Iterable[str] | None = None) -> dict[str, Any]:
         """Each target's (or only ``names``') latest readings, conditions, incident, budget, silence."""

@@ -224,16 +224,12 @@ class Governor:
 
     def remaining(self, target: str) -> tuple[int, float | None]:
         """(power actions left now, the time the next one is allowed when none is allowed now)."""
-        d = self.check(target, Verb.CYCLE)
-        grants = 1 if self.store.unused_grant(target) else 0
-        left = (
-            max(
-                0,
-                self.budget.max_actions
-                - len(self.store.ledger_actions(target, self.clock() - self.budget.window_seconds)),
-            )
-            + grants
-        )
+        # Every probe round asks: the three reads check() makes, each made once.
+        now = self.clock()
+        used = self.store.ledger_actions(target, now - self.budget.window_seconds)
+        grant = self.store.unused_grant(target)
+        d = self._decide(Verb.CYCLE, now, used, self.store.ledger_last_action(target), grant)
+        left = max(0, self.budget.max_actions - len(used)) + (1 if grant else 0)
         return left, (None if d.allowed else d.next_allowed_at)
 
     def grant(self, target: str, who: str, why: str) -> int:

@@ -201,13 +201,16 @@ class IncidentManager:
         self.observers.emit("opened", {"incident": incident_id, "target": target, "trigger": trigger})
         self._start(incident_id, self._work_unguarded(incident_id))
 
-    def release_deferred(self, target: str, evidence: dict[str, Any] | None = None) -> list[TriggerResult]:
+    def release_deferred(
+        self, target: str, evidence: Callable[[], dict[str, Any]] | None = None
+    ) -> list[TriggerResult]:
         """Deliver ``target``'s alerts whose cooldown has ended (each probe round asks); what became of them.
 
         Delivered as if they had just arrived: the first opens an incident, the rest
         attach to it (or all attach to an incident already active). While a person's
         silence holds, they are dropped; a newer close's cooldown keeps them waiting.
-        ``evidence`` (the round's conditions and readings) fills what the alert lacks.
+        ``evidence`` gives the round's conditions and readings, which fill what the alert lacks
+        (built only when an alert is due: every round asks).
         """
         now = self._clock()
         if not self.store.deferred_due(target, now):
@@ -222,7 +225,11 @@ class IncidentManager:
                 return []  # another incident closed meanwhile: its cooldown holds them too
         results = []
         for incident_id, outcome, row in self.store.release_deferred_alerts(
-            target, now, extra_evidence=evidence, owner=self.owner, lease_seconds=self._lease
+            target,
+            now,
+            extra_evidence=evidence() if evidence is not None else None,
+            owner=self.owner,
+            lease_seconds=self._lease,
         ):
             log.info(
                 "alert_released",
