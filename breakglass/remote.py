@@ -71,6 +71,38 @@ def _skip_unwanted_asyncssh_log_lines() -> None:
 
 _skip_unwanted_asyncssh_log_lines()
 
+
+def _sign_public_key_auth_at_once() -> None:
+    """Make asyncssh send a signed public-key request straight away, as RFC 4252 allows.
+
+    asyncssh first asks the server whether it would accept the key (an unsigned request,
+    answered ``PK_OK``) and signs only then: a round trip, two packets and a task more on
+    every login, and a probe round logs in once per target. breakglass offers the one key
+    it is configured with, so the question tells it nothing; a key the server refuses is
+    refused as before (``USERAUTH_FAILURE``, then the next method). The method replaced is
+    an asyncssh internal: it is checked, and anything unexpected is left alone.
+    """
+    cls = getattr(getattr(asyncssh, "auth", None), "_ClientPublicKeyAuth", None)
+    start = getattr(cls, "_start", None)
+    if cls is None or start is None or getattr(start, "_signs_at_once", False):
+        return
+    if list(inspect.signature(start).parameters) != ["self"] or not hasattr(cls, "_send_signed_request"):
+        return
+
+    async def signed_at_once(self: Any) -> None:
+        self._keypair = await self._conn.public_key_auth_requested()
+        if self._keypair is None:
+            self._conn.try_next_auth(next_method=True)
+            return
+        await self._send_signed_request()
+
+    signed_at_once._signs_at_once = True  # type: ignore[attr-defined]
+    setattr(cls, "_start", signed_at_once)  # noqa: B010 - a method replaced on the class
+
+
+_sign_public_key_auth_at_once()
+
+
 class Verb(StrEnum):
     """The only commands the Proxmox host's forced command accepts."""
 
