@@ -72,22 +72,35 @@ def _skip_unwanted_asyncssh_log_lines() -> None:
 _skip_unwanted_asyncssh_log_lines()
 
 
-def _sign_public_key_auth_at_once() -> None:
-    """Make asyncssh send a signed public-key request straight away, as RFC 4252 allows.
+def _log_in_with_the_key_at_once() -> None:
+    """Make asyncssh's login send one signed public-key request, as RFC 4252 allows.
 
-    asyncssh first asks the server whether it would accept the key (an unsigned request,
-    answered ``PK_OK``) and signs only then: a round trip, two packets and a task more on
-    every login, and a probe round logs in once per target. breakglass offers the one key
-    it is configured with, so the question tells it nothing; a key the server refuses is
-    refused as before (``USERAUTH_FAILURE``, then the next method). The method replaced is
-    an asyncssh internal: it is checked, and anything unexpected is left alone.
+    asyncssh first sends a ``none`` request to learn the server's methods, then asks
+    whether the key would be accepted (an unsigned request, answered ``PK_OK``), and
+    signs only then: two round trips, four packets and two tasks more on every login,
+    and a probe round logs in once per target. breakglass offers one key and allows
+    ``publickey`` only, so neither question tells it anything; a key or method the
+    server refuses is refused as before (``USERAUTH_FAILURE``: permission denied).
+    A client allowing other methods still sends ``none`` first. Both methods replaced are
+    asyncssh internals: they are checked, and anything unexpected is left alone.
     """
-    cls = getattr(getattr(asyncssh, "auth", None), "_ClientPublicKeyAuth", None)
-    start = getattr(cls, "_start", None)
-    if cls is None or start is None or getattr(start, "_signs_at_once", False):
+    auth = getattr(asyncssh, "auth", None)
+    null, key = (getattr(auth, name, None) for name in ("_ClientNullAuth", "_ClientPublicKeyAuth"))
+    null_start, key_start = (getattr(cls, "_start", None) for cls in (null, key))
+    if null_start is None or key_start is None or getattr(null_start, "_key_at_once", False):
         return
-    if list(inspect.signature(start).parameters) != ["self"] or not hasattr(cls, "_send_signed_request"):
+    if any(list(inspect.signature(fn).parameters) != ["self"] for fn in (null_start, key_start)):
         return
+    if not hasattr(key, "_send_signed_request"):
+        return
+
+    async def straight_to_the_key(self: Any) -> None:
+        conn = self._conn
+        if list(getattr(conn, "_preferred_auth", None) or ()) != [b"publickey"]:
+            await null_start(self)
+            return
+        conn._auth_methods = [b"publickey"]
+        conn.try_next_auth()  # this request is replaced by the key's
 
     async def signed_at_once(self: Any) -> None:
         self._keypair = await self._conn.public_key_auth_requested()
@@ -96,11 +109,12 @@ def _sign_public_key_auth_at_once() -> None:
             return
         await self._send_signed_request()
 
-    signed_at_once._signs_at_once = True  # type: ignore[attr-defined]
-    setattr(cls, "_start", signed_at_once)  # noqa: B010 - a method replaced on the class
+    straight_to_the_key._key_at_once = True  # type: ignore[attr-defined]
+    setattr(null, "_start", straight_to_the_key)  # noqa: B010 - methods replaced on the classes
+    setattr(key, "_start", signed_at_once)  # noqa: B010
 
 
-_sign_public_key_auth_at_once()
+_log_in_with_the_key_at_once()
 
 
 class Verb(StrEnum):

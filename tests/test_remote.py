@@ -430,6 +430,31 @@ def test_a_client_key_file_replaced_in_place_is_read_again(sim, tmp_path, monkey
     assert asyncio.run(shell(ep).run("true")).ok
 
 
+def test_a_login_is_one_signed_request_and_a_refused_key_is_still_refused(sim, tmp_path, monkeypatch):
+    # asyncssh first sent "none" and then an unsigned "would this key do?": three requests
+    # and two more round trips on every login, and a probe round logs in once per target.
+    sent: list[tuple[bytes, bool]] = []
+    real_send = asyncssh.connection.SSHClientConnection.send_userauth_request
+
+    async def send(self, method, *args, key=None, trivial=True):
+        sent.append((method, key is not None))
+        await real_send(self, method, *args, key=key, trivial=trivial)
+
+    monkeypatch.setattr(asyncssh.connection.SSHClientConnection, "send_userauth_request", send)
+    real = sim.config.targets[0].devvm
+    assert asyncio.run(shell(real).run("true")).ok
+    assert sent == [(b"publickey", True)]
+
+    sent.clear()
+    other = tmp_path / "id_other"
+    other.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+    other.chmod(0o600)
+    with pytest.raises(RemoteError) as info:
+        asyncio.run(shell(real.model_copy(update={"key_file": other})).run("true"))
+    assert info.value.kind == "auth"
+    assert sent == [(b"publickey", True)]
+
+
 # asyncssh's log lines: formatted only when a logger wants them, written as before when it does.
 
 
