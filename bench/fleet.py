@@ -164,10 +164,10 @@ def run_case(
     db = sqlite3.connect(f"file:{folder / 'breakglass.db'}?mode=ro", uri=True)
     # Rounds are counted up to a few seconds before serve is stopped: one that started just
     # before the stop was cut off by it (serve cancels rounds in flight), not missed.
-    t1 -= SETTLE_SECONDS
+    counted_until = t1 - SETTLE_SECONDS
     rows = db.execute(
         "SELECT target, json_extract(data, '$.duration_seconds') FROM readings WHERE at >= ? AND at < ?",
-        (t0, t1),
+        (t0, counted_until),
     ).fetchall()
     out["errors"] = db.execute(
         "SELECT COALESCE(json_extract(data, '$.ssh_error'), '') || ' | ' || "
@@ -175,7 +175,7 @@ def run_case(
         "WHERE at >= ? AND at < ? "
         "AND NOT (json_extract(data, '$.ssh_ok') AND json_extract(data, '$.pve_ok')) "
         "GROUP BY e ORDER BY 2 DESC LIMIT 3",
-        (t0, t1),
+        (t0, counted_until),
     ).fetchall()
     out["false_incidents"] = db.execute(
         "SELECT COUNT(*) FROM incidents WHERE opened_at >= ?", (t0,)
@@ -185,7 +185,7 @@ def run_case(
     per_target: dict[str, int] = {e["name"]: 0 for e in entries}
     for target, _ in rows:
         per_target[target] = per_target.get(target, 0) + 1
-    promised = int((t1 - t0) // args.interval)
+    promised = int((counted_until - t0) // args.interval)
     out["rounds"] = len(rows)
     out["missed"] = sum(max(0, promised - got) for got in per_target.values())
     if durations:

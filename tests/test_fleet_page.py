@@ -133,3 +133,45 @@ def test_timeouts_while_the_watchdog_itself_lags_open_no_incident(fleet) -> None
 
 async def _as_coro(fn):
     return fn()
+
+
+def test_the_attention_list_judges_each_round_once_however_often_the_page_reloads(
+    fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A page reloaded every 5 s at 1,000 targets judged every newest round twice per view.
+    import breakglass.core as core_module
+
+    handle, _, _ = fleet
+    now = time.time()
+    for name in NAMES[:3]:
+        handle.call(handle.core.process(healthy_readings(name, at=now)))
+    handle.call(handle.core.process(timed_out("vm002", now + 1)))
+    judged: list[str] = []
+    real = core_module.is_healthy
+
+    def counted(readings: Readings, rules: object) -> bool:
+        judged.append(readings.target)
+        return real(readings, rules)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(core_module, "is_healthy", counted)
+    assert handle.attention() == ["vm002"]
+    assert handle.attention() == ["vm002"]
+    assert sorted(judged) == ["vm000", "vm001", "vm002"]
+    handle.call(handle.core.process(healthy_readings("vm002", at=now + 2)))
+    assert handle.attention() == []
+    assert sorted(judged) == ["vm000", "vm001", "vm002", "vm002"]
+
+
+def test_a_green_round_with_no_alert_due_builds_no_evidence(fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every round built its readings' dictionary for deferred alerts, which are almost never due.
+    handle, _, _ = fleet
+    built: list[str] = []
+    real = Readings.to_dict
+
+    def to_dict(self: Readings) -> dict[str, object]:
+        built.append(self.target)
+        return real(self)
+
+    monkeypatch.setattr(Readings, "to_dict", to_dict)
+    handle.call(handle.core.process(healthy_readings("vm004", at=time.time())))
+    assert built == []

@@ -287,3 +287,16 @@ def test_a_budget_of_zero_after_a_granted_action_names_no_next_time(store: Store
     d = gov.check("devvm", Verb.CYCLE)
     assert (d.allowed, d.next_allowed_at) == (False, None)
     assert gov.remaining("devvm") == (0, None)
+
+
+def test_the_budget_a_round_exports_reads_the_ledger_once(store: Store, clock: FakeClock) -> None:
+    # Every probe round exports the budget: it read the window twice and the grants twice.
+    gov = Governor(store, budget(max_actions=2), clock=clock)
+    store.add_grant("devvm", "alice", "testing the grant count")
+    statements: list[str] = []
+    store._conn().set_trace_callback(statements.append)
+    try:
+        assert gov.remaining("devvm") == (3, None)
+    finally:
+        store._conn().set_trace_callback(None)
+    assert len(statements) == 3, statements

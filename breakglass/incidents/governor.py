@@ -130,9 +130,13 @@ class Governor:
     def check(self, target: str, verb: Verb) -> Decision:
         """Decide (without side effects) whether ``verb`` may be sent for ``target`` now."""
         now = self.clock()
-        return self._decide(
-            verb,
-            now,
+        return self._decide(verb, now, *self._rows(target, now))
+
+    def _rows(
+        self, target: str, now: float
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any] | None]:
+        """The rows the budget rule reads: actions in the window, the last action, an unused grant."""
+        return (
             self.store.ledger_actions(target, now - self.budget.window_seconds),
             self.store.ledger_last_action(target),
             self.store.unused_grant(target),
@@ -224,11 +228,10 @@ class Governor:
 
     def remaining(self, target: str) -> tuple[int, float | None]:
         """(power actions left now, the time the next one is allowed when none is allowed now)."""
-        # Every probe round asks: the three reads check() makes, each made once.
+        # Every probe round asks: the rows check() reads, read once for both answers.
         now = self.clock()
-        used = self.store.ledger_actions(target, now - self.budget.window_seconds)
-        grant = self.store.unused_grant(target)
-        d = self._decide(Verb.CYCLE, now, used, self.store.ledger_last_action(target), grant)
+        used, last, grant = self._rows(target, now)
+        d = self._decide(Verb.CYCLE, now, used, last, grant)
         left = max(0, self.budget.max_actions - len(used)) + (1 if grant else 0)
         return left, (None if d.allowed else d.next_allowed_at)
 
