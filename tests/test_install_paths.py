@@ -9,6 +9,7 @@ the production config from deploy/k8s/configmap.yaml, the store on a volume.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -208,12 +209,19 @@ def mount_points() -> Iterator[None]:
     """/etc/breakglass and /var/lib/breakglass exist to mount over; made here, removed after."""
     if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("setpriv") is None:
         pytest.skip("SKIPPED LOUDLY: the container test needs root, unshare and setpriv (util-linux)")
-    made = [p for p in (Path("/etc/breakglass"), Path("/var/lib/breakglass")) if not p.exists()]
-    for p in made:
-        p.mkdir(parents=True)
+    made: list[Path] = []
+    for p in (Path("/etc/breakglass"), Path("/var/lib/breakglass")):
+        # One step, not "exists? then mkdir": a directory that appears between the two (another
+        # process on the machine making it) is one this fixture did not make, and keeps.
+        try:
+            p.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        made.append(p)
     yield
     for p in made:
-        p.rmdir()
+        with contextlib.suppress(OSError):  # something put files in it meanwhile: left as it is
+            p.rmdir()
 
 
 def documented_permissions(etc: Path, data: Path) -> None:
